@@ -1,0 +1,135 @@
+"""Model cards: what a served model is, read from `<model dir>/<name>/model.json`.
+
+A model is served because its folder holds a valid card and the ONNX file it names; adding a
+model needs no code change. Loading checks the card against the ONNX graph's inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import ModelLoadError
+from service.schedules import BetaSchedule
+
+Family = Literal["gan", "vae", "diffusion"]
+CARD_FILE = "model.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageSpec(_Strict):
+    """Shape and value range of the images a model produces."""
+
+    channels: int = Field(ge=1, le=4, description="Colour channels: 1 grey, 3 RGB, 4 RGBA.")
+    height: int = Field(ge=1, le=4096, description="Image height in pixels.")
+    width: int = Field(ge=1, le=4096, description="Image width in pixels.")
+    value_range: tuple[float, float] = Field(
+        (-1.0, 1.0), description="Pixel values the network emits for black and white."
+    )
+
+
+class NoiseSchedule(_Strict):
+    """The forward process the diffusion model was trained with."""
+
+    beta_schedule: BetaSchedule = Field(description="How betas grow with t: `linear` (DDPM) or `cosine`.")
+    num_train_timesteps: int = Field(ge=1, le=10000, description="T, the number of training timesteps.")
+    beta_start: float = Field(0.0001, gt=0, lt=1, description="beta_1 of the linear schedule.")
+    beta_end: float = Field(0.02, gt=0, lt=1, description="beta_T of the linear schedule.")
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = Field(description="What the network predicts.")
+
+
+class OnnxIO(_Strict):
+    """Which ONNX graph input plays which role; dtypes and shapes come from the graph itself."""
+
+    file: str = Field("model.onnx", description="ONNX file, relative to the model folder.")
+    inputs: dict[str, str] = Field(
+        description="Role -> graph input name. gan/vae: `latent`, `label`; diffusion: `sample`, `timestep`, `label`."
+    )
+    output: str = Field(
+        description="Name of the graph output holding the images (or the diffusion model's prediction)."
+    )
+
+
+class Provenance(_Strict):
+    """Where the weights came from."""
+
+    data: str = Field(description="Training data, as a user could obtain it.")
+    training_steps: int = Field(ge=0, description="Optimiser steps the exported weights had.")
+    command: str = Field(description="Command that trains and exports this model.")
+    notes: str = Field("", description="Anything else a user should know.")
+
+
+REQUIRED_ROLES: dict[Family, set[str]] = {
+    "gan": {"latent", "label"},
+    "vae": {"latent", "label"},
+    "diffusion": {"sample", "timestep", "label"},
+}
+
+
+class ModelCard(_Strict):
+    """Everything the server needs to serve a model and a client needs to call it."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="URL-safe model name; the folder's name.")
+    family: Family = Field(description="Which kind of generator: decides batching and request schema.")
+    description: str = Field("", description="One line for humans.")
+    image: ImageSpec = Field(description="Shape and range of generated images.")
+    labels: list[str] = Field(description="Class names; a request's `label` is an index into this list.")
+    null_label: int | None = Field(
+        description="Label index meaning 'no label' (unconditional sampling, the CFG null label); None if absent."
+    )
+    latent_dim: int | None = Field(None, ge=1, description="Size of z for gan/vae.")
+    schedule: NoiseSchedule | None = Field(None, description="Diffusion only: the training noise schedule.")
+    onnx: OnnxIO = Field(description="The ONNX generator and its input roles.")
+    encoder: OnnxIO | None = Field(None, description="vae only: the (image, label) -> (mu, logvar) encoder.")
+    provenance: Provenance = Field(description="Training data and the reproducing command.")
+    quality: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Measured quality by setting (e.g. `dpmpp_2m-20`): fid, precision, recall, ...",
+    )
+
+    @model_validator(mode="after")
+    def _family_fields(self) -> ModelCard:
+        missing = REQUIRED_ROLES[self.family] - set(self.onnx.inputs)
+        if missing:
+            raise ValueError(f"onnx.inputs lacks role(s) {sorted(missing)} required for family {self.family!r}")
+        if self.family == "diffusion" and self.schedule is None:
+            raise ValueError("a diffusion card needs `schedule`")
+        if self.family in ("gan", "vae") and self.latent_dim is None:
+            raise ValueError(f"a {self.family} card needs `latent_dim`")
+        return self
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image.channels, self.image.height, self.image.width)
+
+
+def load_card(folder: Path) -> ModelCard:
+    """Reads and validates `folder/model.json`; every failure names the file."""
+    path = folder / CARD_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no model card") from None
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{path}: not valid JSON ({e})") from None
+    try:
+        card = ModelCard.model_validate(raw)
+    except ValidationError as e:
+        errors = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'card'}: {err['msg']}" for err in e.errors())
+        raise ModelLoadError(f"{path}: invalid model card: {errors}") from None
+    if card.name != folder.name:
+        raise ModelLoadError(f"{path}: card name {card.name!r} differs from its folder name {folder.name!r}")
+    return card
+
+
+def discover(model_dir: Path) -> list[Path]:
+    """Model folders (those holding a card) in `model_dir`, sorted by name."""
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"{model_dir}: model directory does not exist")
+    return sorted(p for p in model_dir.iterdir() if (p / CARD_FILE).is_file())

@@ -1,0 +1,57 @@
+"""The one error family of the service; each maps to an HTTP status and a JSON `ErrorResponse`."""
+
+from __future__ import annotations
+
+
+class GenserveError(Exception):
+    """Base class: `status` is the HTTP status, `reason` a short stable code (a metric label)."""
+
+    status = 500
+    reason = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(GenserveError):
+    """The request is well-formed JSON but asks for something the model cannot do."""
+
+    status = 422
+    reason = "invalid_request"
+
+
+class ModelNotFound(GenserveError):
+    status = 404
+    reason = "model_not_found"
+
+
+class Overloaded(GenserveError):
+    """The model's queue is full; the client should retry after `retry_after` seconds."""
+
+    status = 503
+    reason = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(GenserveError):
+    status = 504
+    reason = "deadline_exceeded"
+
+
+class Cancelled(GenserveError):
+    """The client went away; its lanes were dropped."""
+
+    status = 499
+    reason = "cancelled"
+
+
+class ModelLoadError(GenserveError):
+    """A model folder could not be loaded: the message names the file and what is wrong."""
+
+    status = 500
+    reason = "model_load"

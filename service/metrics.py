@@ -1,0 +1,107 @@
+"""Every metric name and label set of genserve, in one place.
+
+Prometheus conventions: `genserve_` prefix, base units, `_seconds` and `_total` suffixes.
+Labels are bounded: model, family, sampler, steps (bounded by the API), outcome, reason;
+never a request id or a seed. The Ray layer records these through `ray.util.metrics`, whose
+export is right with many replicas on many nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric's name, kind, help text, label names and (histograms) bucket bounds."""
+
+    name: str
+    kind: str  # "counter" | "gauge" | "histogram"
+    description: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] = ()
+
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+REQUEST_LATENCY = MetricSpec(
+    "genserve_request_latency_seconds",
+    "histogram",
+    "Time from a generate request's arrival at the model to its images, by model and step count.",
+    ("model", "family", "steps"),
+    LATENCY_BUCKETS,
+)
+STEP_LATENCY = MetricSpec(
+    "genserve_network_call_seconds",
+    "histogram",
+    "Latency of one batched network call (one sampling step for diffusion).",
+    ("model", "family"),
+    STEP_BUCKETS,
+)
+BATCH_IMAGES = MetricSpec(
+    "genserve_batch_images",
+    "histogram",
+    "Images (diffusion: network rows) per network call.",
+    ("model", "family"),
+    SIZE_BUCKETS,
+)
+BATCH_LANES = MetricSpec(
+    "genserve_batch_lanes",
+    "histogram",
+    "Diffusion lanes (images in flight) advanced per network call.",
+    ("model", "family"),
+    SIZE_BUCKETS,
+)
+BATCH_REQUESTS = MetricSpec(
+    "genserve_batch_requests",
+    "histogram",
+    "Requests sharing one network call.",
+    ("model", "family"),
+    SIZE_BUCKETS,
+)
+QUEUE_WAIT = MetricSpec(
+    "genserve_queue_wait_seconds",
+    "histogram",
+    "Time a request waited before its first network call.",
+    ("model", "family"),
+    LATENCY_BUCKETS,
+)
+QUEUE_DEPTH = MetricSpec(
+    "genserve_queue_depth_images",
+    "gauge",
+    "Images queued or in progress in a replica.",
+    ("model", "family"),
+)
+IMAGES = MetricSpec(
+    "genserve_images_generated_total",
+    "counter",
+    "Images returned to clients.",
+    ("model", "family"),
+)
+REQUESTS = MetricSpec(
+    "genserve_requests_total",
+    "counter",
+    "Generate requests by outcome (ok, or an error reason).",
+    ("model", "family", "outcome"),
+)
+ERRORS = MetricSpec(
+    "genserve_errors_total",
+    "counter",
+    "Errors by reason: invalid_request, model_not_found, overloaded, deadline_exceeded, cancelled, internal.",
+    ("model", "reason"),
+)
+
+ALL = (
+    REQUEST_LATENCY,
+    STEP_LATENCY,
+    BATCH_IMAGES,
+    BATCH_LANES,
+    BATCH_REQUESTS,
+    QUEUE_WAIT,
+    QUEUE_DEPTH,
+    IMAGES,
+    REQUESTS,
+    ERRORS,
+)

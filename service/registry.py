@@ -1,0 +1,71 @@
+"""Loading served models: a card, its ONNX session(s), checked against each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.cards import ModelCard, discover, load_card
+from service.errors import ModelLoadError
+from service.runtime import Device, OnnxModel
+from service.schedules import alphas_cumprod_for, betas_for
+
+
+@dataclass
+class LoadedModel:
+    """A card with its live ONNX session; `alphas_cumprod` is set for diffusion models."""
+
+    card: ModelCard
+    onnx: OnnxModel
+    encoder: OnnxModel | None = None
+    alphas_cumprod: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+
+def _check_shapes(card: ModelCard, onnx: OnnxModel) -> None:
+    """Static dims in the graph must agree with the card (dynamic ones are not checked)."""
+    roles = card.onnx.inputs
+    if card.family == "diffusion":
+        expected: dict[str, tuple[int | None, ...]] = {roles["sample"]: (None, *card.image_shape)}
+    else:
+        expected = {roles["latent"]: (None, card.latent_dim)}
+    for name, want in expected.items():
+        got = onnx.inputs[name].shape
+        if len(got) != len(want) or any(
+            g is not None and w is not None and g != w for g, w in zip(got, want, strict=False)
+        ):
+            raise ModelLoadError(f"{onnx.path}: input {name!r} has shape {got}, the card implies {want}")
+
+
+def load_model(folder: Path, *, device: Device = "auto", intra_op_threads: int = 1) -> LoadedModel:
+    """Loads one model folder, failing with a message that names the offending file."""
+    card = load_card(folder)
+    onnx = OnnxModel(folder / card.onnx.file, device=device, intra_op_threads=intra_op_threads)
+    onnx.check_io(card.onnx.inputs, card.onnx.output)
+    _check_shapes(card, onnx)
+    encoder = None
+    if card.encoder is not None:
+        encoder = OnnxModel(folder / card.encoder.file, device=device, intra_op_threads=intra_op_threads)
+        encoder.check_io(card.encoder.inputs, card.encoder.output)
+    abar = None
+    if card.schedule is not None:
+        s = card.schedule
+        abar = alphas_cumprod_for(betas_for(s.beta_schedule, s.num_train_timesteps, s.beta_start, s.beta_end))
+    return LoadedModel(card, onnx, encoder, abar)
+
+
+def load_cards(model_dir: Path) -> tuple[dict[str, ModelCard], dict[str, str]]:
+    """Every card in `model_dir` that validates, and an error message per folder that does not."""
+    cards: dict[str, ModelCard] = {}
+    broken: dict[str, str] = {}
+    for folder in discover(model_dir):
+        try:
+            cards[folder.name] = load_card(folder)
+        except ModelLoadError as e:
+            broken[folder.name] = e.message
+    return cards, broken

@@ -1,0 +1,105 @@
+"""The one ONNX Runtime wrapper: provider choice, threads, and inputs read from the session."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from service.errors import ModelLoadError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+_ORT_TO_NUMPY: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA driver is loaded; ORT's CUDA provider is only tried then."""
+    return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
+
+
+def providers_for(device: Device) -> list[str]:
+    """CUDA first where asked for (or, with `auto`, where a GPU and the CUDA build are present)."""
+    available = ort.get_available_providers()
+    want_cuda = device == "cuda" or (device == "auto" and gpu_present())
+    if want_cuda and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input as the session reports it; dims are ints, or None where dynamic."""
+
+    name: str
+    dtype: type[np.generic]
+    shape: tuple[int | None, ...]
+
+
+class OnnxModel:
+    """One InferenceSession; `run` casts each named input to the dtype the graph declares."""
+
+    def __init__(
+        self, path: Path, *, device: Device = "auto", intra_op_threads: int = 1, inter_op_threads: int = 1
+    ) -> None:
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: ONNX file not found")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = inter_op_threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=providers_for(device))
+        except Exception as e:  # ORT raises its own classes for a corrupt or truncated file
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({e})") from None
+        self.path = path
+        self.inputs = {i.name: _input_spec(i) for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def provider(self) -> str:
+        return str(self.session.get_providers()[0])
+
+    def check_io(self, inputs: dict[str, str], output: str) -> None:
+        """Fails with one message naming the file when the card's roles do not match the graph."""
+        problems = [
+            f"input {name!r} (role {role}) is not in the graph"
+            for role, name in inputs.items()
+            if name not in self.inputs
+        ]
+        extra = set(self.inputs) - set(inputs.values())
+        if extra:
+            problems.append(f"graph inputs {sorted(extra)} are not named in the card")
+        if output not in self.outputs:
+            problems.append(f"output {output!r} is not in the graph (it has {self.outputs})")
+        if problems:
+            raise ModelLoadError(f"{self.path}: card does not match ONNX graph: " + "; ".join(problems))
+
+    def run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Runs the graph for one output; inputs are cast to the declared dtypes."""
+        cast = {name: np.ascontiguousarray(arr, dtype=self.inputs[name].dtype) for name, arr in feeds.items()}
+        result = self.session.run([output], cast)[0]
+        return np.asarray(result)
+
+
+def _input_spec(node: ort.NodeArg) -> InputSpec:
+    dtype = _ORT_TO_NUMPY.get(node.type)
+    if dtype is None:
+        raise ModelLoadError(f"graph input {node.name!r} has unsupported type {node.type}")
+    shape = tuple(d if isinstance(d, int) else None for d in node.shape)
+    return InputSpec(node.name, dtype, shape)
+
+
+def default_threads() -> int:
+    """ONNX Runtime intra-op threads when not configured: GENSERVE_ORT_THREADS, else 1."""
+    return int(os.environ.get("GENSERVE_ORT_THREADS", "1"))

@@ -1,0 +1,275 @@
+"""Step-level (continuous) batching for diffusion models.
+
+The scheduler keeps a pool of lanes, one per image being generated. Each iteration it picks up
+to `max_batch` network rows (a guided lane takes two: conditional and null label), runs the
+network once on their stacked inputs, applies each lane's own sampler coefficients and retires
+finished lanes. New requests join at the next iteration, so a 10-step request never waits for a
+1000-step batch to drain: lanes with the fewest remaining steps go first, and a lane passed
+over gains priority with every iteration it waits (no starvation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import Cancelled, DeadlineExceeded, GenserveError, Overloaded
+from service.generators import image_rng, resolve_label
+from service.registry import LoadedModel
+from service.samplers import SamplerName, SamplerPlan, make_plan, x0_from_output
+from service.schedules import Spacing
+from service.stats import RequestStats, StepStats
+
+
+@dataclass(frozen=True)
+class DiffusionJob:
+    """One validated diffusion request; `deadline` is a `time.monotonic()` instant or None."""
+
+    seed: int
+    n: int
+    steps: int
+    sampler: SamplerName = "dpmpp_2m"
+    label: int | None = None
+    guidance: float = 1.0
+    eta: float = 0.0
+    spacing: Spacing = "trailing"
+    deadline: float | None = None
+
+
+@dataclass(frozen=True)
+class DiffusionResult:
+    """Images (n, C, H, W) in the card's value range, and how long the request took."""
+
+    images: np.ndarray
+    stats: RequestStats
+
+
+@dataclass(eq=False)
+class _Request:
+    job: DiffusionJob
+    future: asyncio.Future[DiffusionResult]
+    images: np.ndarray
+    remaining: int
+    submitted: float
+    first_step: float | None = None
+    iterations: int = 0
+
+
+@dataclass(eq=False)
+class _Lane:
+    request: _Request
+    index: int
+    plan: SamplerPlan
+    rng: np.random.Generator
+    label: int
+    guided: bool
+    x: np.ndarray
+    x0_prev: np.ndarray
+    seq: int
+    step: int = 0
+    skipped: int = 0
+
+    @property
+    def rows(self) -> int:
+        return 2 if self.guided else 1
+
+    def priority(self, aging: float) -> tuple[float, int, int]:
+        return (self.plan.num_steps - self.step - aging * self.skipped, self.seq, self.index)
+
+
+@dataclass
+class _Batch:
+    """The stacked inputs of one iteration, built on the event loop, computed off it."""
+
+    lanes: list[_Lane]
+    x: np.ndarray
+    x0_prev: np.ndarray
+    coeffs: np.ndarray = field(repr=False)  # (lanes, 6): alpha, sigma, a, b, c, d
+    z: np.ndarray = field(repr=False)
+
+
+class StepScheduler:
+    """Runs diffusion jobs for one model with step-level batching; one per replica."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        max_batch: int = 64,
+        max_queued_lanes: int = 1024,
+        aging: float = 1.0,
+        on_step: Callable[[StepStats], None] | None = None,
+    ) -> None:
+        if model.alphas_cumprod is None or model.card.schedule is None:
+            raise ValueError(f"model {model.name!r} is not a diffusion model")
+        self.model = model
+        self.max_batch = max_batch
+        self.max_queued_lanes = max_queued_lanes
+        self.aging = aging
+        self.on_step = on_step
+        self._lanes: list[_Lane] = []
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"steps-{model.name}")
+
+    @property
+    def queued_lanes(self) -> int:
+        """Lanes (images) waiting or in progress: the queue depth."""
+        return len(self._lanes)
+
+    def _rows_for(self, job: DiffusionJob) -> int:
+        return 2 if job.label is not None and job.guidance != 1.0 else 1
+
+    async def submit(self, job: DiffusionJob) -> DiffusionResult:
+        """Queues the job's images and waits for them; cancelling the caller drops its lanes."""
+        if self.queued_lanes + job.n > self.max_queued_lanes:
+            raise Overloaded(
+                f"model {self.model.name!r} has {self.queued_lanes} images queued; "
+                f"limit {self.max_queued_lanes}, this request adds {job.n}"
+            )
+        loop = asyncio.get_running_loop()
+        shape = self.model.card.image_shape
+        req = _Request(job, loop.create_future(), np.zeros((job.n, *shape), np.float32), job.n, time.monotonic())
+        self._add_lanes(req)
+        self._ensure_loop()
+        try:
+            return await req.future
+        except asyncio.CancelledError:
+            self._drop(req, Cancelled("client cancelled the request"))
+            raise
+
+    def _add_lanes(self, req: _Request) -> None:
+        job = req.job
+        assert self.model.alphas_cumprod is not None
+        plan = make_plan(job.sampler, job.steps, self.model.alphas_cumprod, job.eta, job.spacing)
+        label = resolve_label(self.model, job.label)
+        guided = self._rows_for(job) == 2
+        shape = self.model.card.image_shape
+        self._seq += 1
+        for i in range(job.n):
+            rng = image_rng(job.seed, i)
+            x = rng.standard_normal(shape).astype(np.float32)
+            self._lanes.append(_Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq))
+        self._wake.set()
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def _drop(self, req: _Request, error: GenserveError) -> None:
+        self._lanes = [lane for lane in self._lanes if lane.request is not req]
+        if not req.future.done():
+            req.future.set_exception(error)
+
+    def _expire(self, now: float) -> None:
+        for req in {lane.request for lane in self._lanes}:
+            if req.job.deadline is not None and now > req.job.deadline:
+                self._drop(req, DeadlineExceeded(f"request passed its deadline after {now - req.submitted:.2f}s"))
+
+    def _select(self) -> list[_Lane]:
+        """Up to `max_batch` rows, fewest remaining steps (less aging credit) first."""
+        chosen: list[_Lane] = []
+        rows = 0
+        for lane in sorted(self._lanes, key=lambda ln: ln.priority(self.aging)):
+            if rows + lane.rows <= self.max_batch:
+                chosen.append(lane)
+                rows += lane.rows
+            else:
+                lane.skipped += 1
+        return chosen
+
+    def _stack(self, lanes: list[_Lane]) -> _Batch:
+        coeffs = np.empty((len(lanes), 6), np.float64)
+        z = np.zeros((len(lanes), *self.model.card.image_shape), np.float32)
+        for k, lane in enumerate(lanes):
+            p, s = lane.plan, lane.step
+            coeffs[k] = (p.alpha[s], p.sigma[s], p.a[s], p.b[s], p.c[s], p.d[s])
+            if p.d[s] != 0.0:
+                z[k] = lane.rng.standard_normal(lane.x.shape)
+        return _Batch(lanes, np.stack([ln.x for ln in lanes]), np.stack([ln.x0_prev for ln in lanes]), coeffs, z)
+
+    def _compute(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray, float]:
+        """Network call and coefficient update for one iteration (runs in the executor thread)."""
+        t0 = time.perf_counter()
+        card, lanes = self.model.card, batch.lanes
+        guided = np.array([ln.guided for ln in lanes])
+        timesteps = np.array([ln.plan.timesteps[ln.step] for ln in lanes])
+        labels = np.array([ln.label for ln in lanes], np.int64)
+        null = card.null_label if card.null_label is not None else 0
+        gi = np.flatnonzero(guided)
+        roles = card.onnx.inputs
+        feeds = {
+            roles["sample"]: np.concatenate([batch.x, batch.x[gi]]),
+            roles["timestep"]: np.concatenate([timesteps, timesteps[gi]]),
+            roles["label"]: np.concatenate([labels, np.full(len(gi), null, np.int64)]),
+        }
+        out = self.model.onnx.run(card.onnx.output, feeds).astype(np.float32)
+        pred = out[: len(lanes)]
+        if len(gi):
+            w = np.array([ln.request.job.guidance for ln in lanes], np.float32)[gi, None, None, None]
+            uncond = out[len(lanes) :]
+            pred[gi] = uncond + w * (pred[gi] - uncond)
+        c = batch.coeffs.astype(np.float32)[:, :, None, None, None]
+        assert card.schedule is not None
+        x0 = x0_from_output(pred, batch.x, c[:, 0], c[:, 1], card.schedule.prediction_type)
+        x_next = c[:, 2] * batch.x + c[:, 3] * x0 + c[:, 4] * batch.x0_prev + c[:, 5] * batch.z
+        return x_next, x0, time.perf_counter() - t0
+
+    def _advance(self, batch: _Batch, x_next: np.ndarray, x0: np.ndarray) -> None:
+        """Writes results back into live lanes and resolves requests whose last lane finished."""
+        now = time.monotonic()
+        finished: set[int] = set()
+        for k, lane in enumerate(batch.lanes):
+            req = lane.request
+            if req.future.done():  # cancelled or expired while the network ran
+                continue
+            if req.first_step is None:
+                req.first_step = now
+            lane.x, lane.x0_prev, lane.step, lane.skipped = x_next[k], x0[k], lane.step + 1, 0
+            if lane.step == lane.plan.num_steps:
+                req.images[lane.index] = lane.x
+                req.remaining -= 1
+                finished.add(id(lane))
+                if req.remaining == 0:
+                    stats = RequestStats(req.first_step - req.submitted, now - req.submitted, req.iterations + 1)
+                    req.future.set_result(DiffusionResult(req.images, stats))
+        for req in {lane.request for lane in batch.lanes}:
+            req.iterations += 1
+        self._lanes = [ln for ln in self._lanes if id(ln) not in finished and not ln.request.future.done()]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._expire(time.monotonic())
+            if not self._lanes:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._stack(self._select())
+            try:
+                x_next, x0, seconds = await loop.run_in_executor(self._executor, self._compute, batch)
+            except Exception as e:  # a failing network call fails its requests, not the loop
+                for req in {lane.request for lane in batch.lanes}:
+                    self._drop(req, GenserveError(f"network call failed: {e}"))
+                continue
+            self._advance(batch, x_next, x0)
+            if self.on_step is not None:
+                reqs = len({id(lane.request) for lane in batch.lanes})
+                self.on_step(StepStats(int(sum(ln.rows for ln in batch.lanes)), len(batch.lanes), reqs, seconds))
+
+    async def close(self) -> None:
+        """Stops the loop, failing whatever is still queued."""
+        for req in {lane.request for lane in self._lanes}:
+            self._drop(req, Overloaded("scheduler is shutting down"))
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        self._executor.shutdown(wait=False)

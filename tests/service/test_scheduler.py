@@ -1,0 +1,193 @@
+"""StepScheduler: mixed jobs share network calls, stay deterministic, and are fair, bounded and cancellable."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import DeadlineExceeded, Overloaded
+from service.registry import LoadedModel, load_model
+from service.scheduler import DiffusionJob, StepScheduler
+from service.stats import StepStats
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir: Path) -> LoadedModel:
+    return load_model(tiny_model_dir / "tiny-diffusion", device="cpu")
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+async def _alone(model: LoadedModel, job: DiffusionJob, max_batch: int = 64) -> np.ndarray:
+    s = StepScheduler(model, max_batch=max_batch)
+    try:
+        return (await s.submit(job)).images
+    finally:
+        await s.close()
+
+
+JOBS = [
+    DiffusionJob(seed=1, n=3, steps=10, sampler="dpmpp_2m", label=3, guidance=2.0),
+    DiffusionJob(seed=2, n=2, steps=25, sampler="ddim", label=None, eta=0.5),
+    DiffusionJob(seed=3, n=4, steps=7, sampler="ddpm", label=9),
+    DiffusionJob(seed=4, n=1, steps=50, sampler="ddim", label=0, guidance=4.0),
+]
+
+
+def test_mixed_jobs_share_network_calls_and_match_their_solo_runs(model: LoadedModel) -> None:
+    steps: list[StepStats] = []
+
+    async def together() -> list[np.ndarray]:
+        s = StepScheduler(model, max_batch=64, on_step=steps.append)
+        try:
+            return [r.images for r in await asyncio.gather(*(s.submit(j) for j in JOBS))]
+        finally:
+            await s.close()
+
+    batched = run(together())
+    for job, images in zip(JOBS, batched, strict=True):
+        assert images.shape == (job.n, 1, 28, 28)
+        alone = run(_alone(model, job))
+        np.testing.assert_array_equal(images, alone)  # bit-identical, whatever shares the batch
+    # One network call per iteration: as many calls as the longest job has steps.
+    assert len(steps) == max(j.steps for j in JOBS)
+    assert steps[0].requests == len(JOBS) and steps[0].lanes == sum(j.n for j in JOBS)
+    # A guided lane takes two rows.
+    assert steps[0].rows == sum(j.n * (2 if j.label is not None and j.guidance != 1.0 else 1) for j in JOBS)
+
+
+@pytest.mark.parametrize("max_batch", [1, 2, 5])
+def test_same_images_at_any_batch_size(model: LoadedModel, max_batch: int) -> None:
+    job = DiffusionJob(seed=11, n=3, steps=6, sampler="dpmpp_2m", label=4, guidance=3.0)
+    reference = run(_alone(model, job, max_batch=64))
+    np.testing.assert_array_equal(run(_alone(model, job, max_batch=max(max_batch, 2))), reference)
+
+
+def test_different_seeds_give_different_images_and_images_differ_within_a_request(model: LoadedModel) -> None:
+    a = run(_alone(model, DiffusionJob(seed=1, n=2, steps=5)))
+    b = run(_alone(model, DiffusionJob(seed=2, n=2, steps=5)))
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_short_request_behind_long_ones_finishes_in_about_its_own_step_count(model: LoadedModel) -> None:
+    async def scenario() -> int:
+        s = StepScheduler(model, max_batch=8)
+        long_jobs = [asyncio.ensure_future(s.submit(DiffusionJob(seed=i, n=4, steps=1000, sampler="ddim"))) for i in range(2)]
+        await asyncio.sleep(0.05)  # the long lanes fill every row of the batch
+        short = await s.submit(DiffusionJob(seed=9, n=2, steps=10, sampler="dpmpp_2m"))
+        for f in long_jobs:
+            f.cancel()
+        await s.close()
+        return short.stats.iterations
+
+    assert run(scenario()) <= 12
+
+
+def test_long_lanes_are_not_starved_by_a_stream_of_short_ones(model: LoadedModel) -> None:
+    async def scenario() -> bool:
+        s = StepScheduler(model, max_batch=2, aging=1.0)
+        long_job = asyncio.ensure_future(s.submit(DiffusionJob(seed=0, n=1, steps=30)))
+        stop = False
+
+        async def short_stream() -> None:
+            i = 0
+            while not stop:
+                await s.submit(DiffusionJob(seed=100 + i, n=2, steps=3))
+                i += 1
+
+        feeder = asyncio.ensure_future(short_stream())
+        await asyncio.wait_for(long_job, timeout=60)
+        stop = True
+        await feeder
+        await s.close()
+        return long_job.done()
+
+    assert run(scenario())
+
+
+def test_cancelling_a_request_drops_its_lanes_within_an_iteration(model: LoadedModel) -> None:
+    async def scenario() -> tuple[int, int]:
+        s = StepScheduler(model, max_batch=4)
+        task = asyncio.ensure_future(s.submit(DiffusionJob(seed=0, n=6, steps=1000)))
+        await asyncio.sleep(0.05)
+        before = s.queued_lanes
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        after = s.queued_lanes
+        await s.close()
+        return before, after
+
+    before, after = run(scenario())
+    assert before == 6 and after == 0
+
+
+def test_a_full_queue_refuses_with_overloaded(model: LoadedModel) -> None:
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=4, max_queued_lanes=5)
+        first = asyncio.ensure_future(s.submit(DiffusionJob(seed=0, n=4, steps=200)))
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="limit 5"):
+            await s.submit(DiffusionJob(seed=1, n=2, steps=5))
+        first.cancel()
+        await s.close()
+
+    run(scenario())
+
+
+def test_a_request_past_its_deadline_fails_mid_run_and_leaves_the_queue(model: LoadedModel) -> None:
+    original = model.onnx.run
+
+    def slow(output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        time.sleep(0.01)  # 1000 steps would take 10 s
+        return original(output, feeds)
+
+    async def scenario() -> tuple[int, float]:
+        s = StepScheduler(model, max_batch=4)
+        model.onnx.run = slow  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(DeadlineExceeded, match="deadline"):
+                await s.submit(DiffusionJob(seed=0, n=2, steps=1000, deadline=t0 + 0.2))
+        finally:
+            model.onnx.run = original  # type: ignore[method-assign]
+        left = s.queued_lanes
+        await s.close()
+        return left, time.monotonic() - t0
+
+    left, took = run(scenario())
+    assert left == 0 and took < 5.0
+
+
+def test_the_network_runs_off_the_event_loop(model: LoadedModel) -> None:
+    threads: set[str] = set()
+    original = model.onnx.run
+
+    def spy(output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        return original(output, feeds)
+
+    async def scenario() -> None:
+        s = StepScheduler(model)
+        model.onnx.run = spy  # type: ignore[method-assign]
+        try:
+            await s.submit(DiffusionJob(seed=0, n=1, steps=3))
+        finally:
+            model.onnx.run = original  # type: ignore[method-assign]
+            await s.close()
+
+    run(scenario())
+    assert threads and threading.main_thread().name not in threads
+
+
+def test_the_scheduler_refuses_a_model_that_is_not_diffusion(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="not a diffusion model"):
+        StepScheduler(load_model(tiny_model_dir / "tiny-gan", device="cpu"))

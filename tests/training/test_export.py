@@ -1,0 +1,59 @@
+"""Export: ONNX Runtime matches torch within 1e-4 at batch 1 and 7, and the cards validate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from service.cards import load_card
+from service.registry import load_model
+from training import export, nets
+from training.train import TRAINERS, default_config
+
+
+@pytest.mark.parametrize(
+    ("module", "make_inputs", "inputs", "outputs"),
+    [
+        (nets.GanGenerator(), export._latent_inputs(64), ["z", "label"], ["image"]),
+        (nets.VaeDecoder(), export._latent_inputs(16), ["z", "label"], ["image"]),
+        (nets.VaeEncoder(), export._labelled_image_inputs, ["image", "label"], ["mu", "logvar"]),
+        (nets.UNet(), export._diffusion_inputs, ["x", "t", "label"], ["eps"]),
+        (nets.DigitClassifier(), export._image_inputs, ["image"], ["logits", "features"]),
+    ],
+    ids=["gan", "vae-decoder", "vae-encoder", "unet", "classifier"],
+)
+def test_onnx_matches_torch_at_batch_1_and_7(module: torch.nn.Module, make_inputs, inputs, outputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    module.eval()
+    path = tmp_path / "m.onnx"
+    export.export_onnx(module, make_inputs(2), path, inputs, outputs)
+    assert export.parity_error(module, path, make_inputs, inputs) < export.PARITY_ATOL
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few optimiser steps per family: enough to export, not to be good."""
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    for family in ("gan", "vae", "diffusion", "classifier"):
+        TRAINERS[family](default_config(family, steps=2, batch_size=8, checkpoint_dir=ckpt))
+    return ckpt
+
+
+@pytest.mark.parametrize("family", ["gan", "vae", "diffusion"])
+def test_exported_folders_load_as_served_models(trained_checkpoints: Path, tmp_path: Path, family: str) -> None:
+    err = export.EXPORTERS[family](tmp_path, trained_checkpoints)
+    assert err < export.PARITY_ATOL
+    card = load_card(tmp_path / family)
+    assert card.family == family and card.provenance.training_steps == 2
+    model = load_model(tmp_path / family, device="cpu")
+    assert model.card.image_shape == (1, 28, 28)
+
+
+def test_classifier_export_has_logits_and_features(trained_checkpoints: Path, tmp_path: Path) -> None:
+    export.export_classifier(tmp_path, trained_checkpoints)
+    from service.runtime import OnnxModel
+
+    m = OnnxModel(tmp_path / export.EVAL_DIR / "classifier.onnx", device="cpu")
+    assert m.outputs == ["logits", "features"]

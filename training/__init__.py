@@ -1,0 +1,1 @@
+"""Training, export and evaluation of genserve's generators (needs the `train` extra: torch)."""

@@ -1,0 +1,213 @@
+"""`genserve eval`: sample quality of the exported models, measured through the serving library.
+
+No torch: generation runs the ONNX models with `service`'s generators, samplers and step
+scheduler; features come from the exported evaluation classifier. Every setting draws
+N = 1,000 images (100 per label) and compares them with the 1,000 held-out digits; the floor
+compares 1,000 training digits with the same held-out set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from service.evaluation import Quality, quality
+from service.generators import LatentJob, generate_latent
+from service.images import grid, png_bytes, to_uint8
+from service.registry import LoadedModel, load_model
+from service.runtime import OnnxModel
+from service.samplers import SamplerName
+from service.scheduler import DiffusionJob, StepScheduler
+from training.data import load_split
+
+N_EVAL = 1000
+REPORT_HEAD = """# Sample quality of the shipped models
+
+Made by `genserve eval` (see `training/evaluate.py`): N = 1,000 generated images per setting
+(100 per label) against the 1,000 held-out digits, in the 128-d penultimate features of the
+evaluation classifier (`exported/_evaluation/classifier.onnx`). FID; precision and recall
+(Kynkaanniemi et al. 2019, k = 3); label accuracy is the share of images the classifier gives
+the requested label. The floor row compares 1,000 training digits with the held-out digits.
+Diffusion settings are `sampler-steps` (guidance 1, plain conditional) and `-cfg2` (guidance 2).
+
+"""
+EVAL_SEED = 1234
+CLASSIFIER = Path("_evaluation") / "classifier.onnx"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One way of sampling a model: for diffusion, a sampler, a step count and a guidance scale."""
+
+    key: str
+    sampler: SamplerName | None = None
+    steps: int = 0
+    guidance: float = 1.0
+
+
+DIFFUSION_SETTINGS = (
+    Setting("dpmpp_2m-10", "dpmpp_2m", 10),
+    Setting("dpmpp_2m-20", "dpmpp_2m", 20),
+    Setting("ddim-20", "ddim", 20),
+    Setting("ddim-50", "ddim", 50),
+    Setting("ddpm-1000", "ddpm", 1000),
+    Setting("dpmpp_2m-20-cfg2", "dpmpp_2m", 20, 2.0),
+)
+LATENT_SETTINGS = (Setting("default"),)
+
+
+class FeatureNet:
+    """The exported classifier: logits and penultimate features for (N, 1, 28, 28) images in [-1, 1]."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        self.onnx = OnnxModel(path, device="cpu", intra_op_threads=threads)
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = [], []
+        for i in range(0, len(images), 500):
+            out = self.onnx.session.run(["logits", "features"], {"image": images[i : i + 500].astype(np.float32)})
+            logits.append(out[0])
+            feats.append(out[1])
+        return np.concatenate(logits).argmax(1), np.concatenate(feats).astype(np.float64)
+
+
+def eval_labels(n: int = N_EVAL) -> np.ndarray:
+    return np.arange(n) % 10
+
+
+def sample_latent(model: LoadedModel, labels: np.ndarray) -> np.ndarray:
+    jobs = [LatentJob(seed=EVAL_SEED + i, n=1, label=int(lab)) for i, lab in enumerate(labels)]
+    return np.concatenate(generate_latent(model, jobs))
+
+
+def sample_diffusion(model: LoadedModel, labels: np.ndarray, setting: Setting, max_batch: int = 250) -> np.ndarray:
+    """All images of one setting through the step scheduler, one job per label."""
+    assert setting.sampler is not None
+
+    async def run() -> list[np.ndarray]:
+        scheduler = StepScheduler(model, max_batch=max_batch, max_queued_lanes=len(labels))
+        bar = tqdm(total=len(labels) * setting.steps, desc=f"{model.name} {setting.key} lane-steps", mininterval=5)
+        scheduler.on_step = lambda s: bar.update(s.lanes)
+        jobs = []
+        for lab in range(10):
+            idx = np.flatnonzero(labels == lab)
+            jobs.append(DiffusionJob(EVAL_SEED + lab, len(idx), setting.steps, setting.sampler, lab, setting.guidance))  # type: ignore[arg-type]
+        results = await asyncio.gather(*(scheduler.submit(j) for j in jobs))
+        bar.close()
+        await scheduler.close()
+        out = np.zeros((len(labels), *model.card.image_shape), np.float32)
+        for lab, res in enumerate(results):
+            out[np.flatnonzero(labels == lab)] = res.images
+        return [out]
+
+    return asyncio.run(run())[0]
+
+
+def write_grid(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """samples.png: one row per label (0-9), ten samples each."""
+    rows = [images[labels == lab][:10] for lab in range(10)]
+    path = folder / "samples.png"
+    path.write_bytes(png_bytes(grid(to_uint8(np.concatenate(rows)), ncols=10)))
+
+
+def evaluate_model(
+    model_dir: Path, name: str, features: FeatureNet, real: np.ndarray, threads: int, settings: list[str] | None
+) -> dict[str, Quality]:
+    folder = model_dir / name
+    model = load_model(folder, device="cpu", intra_op_threads=threads)
+    labels = eval_labels()
+    todo = DIFFUSION_SETTINGS if model.card.family == "diffusion" else LATENT_SETTINGS
+    results: dict[str, Quality] = {}
+    for setting in todo:
+        if settings and setting.key not in settings:
+            continue
+        t0 = time.time()
+        if model.card.family == "diffusion":
+            images = sample_diffusion(model, labels, setting)
+        else:
+            images = sample_latent(model, labels)
+        predicted, feats = features(images)
+        results[setting.key] = quality(real, feats, predicted, labels)
+        print(f"{name} {setting.key}: {results[setting.key].as_dict()} ({time.time() - t0:.0f}s)", flush=True)
+        if setting.key in ("default", "dpmpp_2m-20"):
+            write_grid(folder, images, labels)
+    return results
+
+
+def floor(features: FeatureNet) -> tuple[Quality, np.ndarray]:
+    """Held-out digits as the reference; 1,000 training digits as 'generated': the best a model can do."""
+    split = load_split()
+    _, real = features(split.heldout_x)
+    rng = np.random.default_rng(EVAL_SEED)
+    idx = rng.choice(len(split.train_x), N_EVAL, replace=False)
+    predicted, train_feats = features(split.train_x[idx])
+    return quality(real, train_feats, predicted, split.train_y[idx]), real
+
+
+def quality_from_dict(d: dict[str, float]) -> Quality:
+    acc = d.get("label_accuracy")
+    return Quality(d["fid"], d["precision"], d["recall"], acc, int(d["n"]))
+
+
+def table_from_cards(model_dir: Path) -> str:
+    """The combined table of every card's measured quality (what README and docs show)."""
+    rows: dict[str, dict[str, Quality]] = {}
+    floor_q = None
+    for card_path in sorted(model_dir.glob("*/model.json")):
+        measured = dict(json.loads(card_path.read_text()).get("quality", {}))
+        if "floor" in measured:
+            floor_q = quality_from_dict(measured.pop("floor"))
+        rows[card_path.parent.name] = {k: quality_from_dict(v) for k, v in measured.items()}
+    if floor_q is None:
+        raise ValueError(f"no evaluated model in {model_dir}: run `genserve eval` first")
+    return markdown_table(rows, floor_q)
+
+
+def markdown_table(rows: dict[str, dict[str, Quality]], floor_q: Quality) -> str:
+    lines = [
+        "| model | setting | FID | FID / floor | precision | recall | label accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(model: str, key: str, q: Quality) -> str:
+        acc = f"{q.label_accuracy:.3f}" if q.label_accuracy is not None else "-"
+        ratio = q.fid / floor_q.fid if floor_q.fid > 0 else float("nan")
+        return f"| {model} | {key} | {q.fid:.2f} | {ratio:.1f}x | {q.precision:.3f} | {q.recall:.3f} | {acc} |"
+
+    lines.append(row("floor", "train vs held-out", floor_q))
+    for model, settings in rows.items():
+        lines.extend(row(model, key, q) for key, q in settings.items())
+    return "\n".join(lines)
+
+
+def update_card(folder: Path, results: dict[str, Quality], floor_q: Quality) -> None:
+    path = folder / "model.json"
+    card = json.loads(path.read_text())
+    card.setdefault("quality", {})
+    card["quality"]["floor"] = floor_q.as_dict()
+    card["quality"].update({k: q.as_dict() for k, q in results.items()})
+    path.write_text(json.dumps(card, indent=2) + "\n")
+
+
+def run_eval(model_dir: Path, names: list[str], threads: int, settings: list[str] | None, report: Path) -> str:
+    """Evaluates `names`, updates their cards and per-model reports, and writes the combined report."""
+    features = FeatureNet(model_dir / CLASSIFIER, threads)
+    floor_q, real = floor(features)
+    all_results: dict[str, dict[str, Quality]] = {}
+    for name in names:
+        results = evaluate_model(model_dir, name, features, real, threads, settings)
+        all_results[name] = results
+        update_card(model_dir / name, results, floor_q)
+        body = {"floor": floor_q.as_dict(), **{k: q.as_dict() for k, q in results.items()}}
+        (model_dir / name / "report.json").write_text(json.dumps(body, indent=2) + "\n")
+        (model_dir / name / "report.md").write_text(f"# {name}: sample quality\n\n{markdown_table({name: results}, floor_q)}\n")
+    table = table_from_cards(model_dir)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(REPORT_HEAD + table + "\n")
+    return table
