@@ -3,7 +3,8 @@
 Prometheus conventions: `genserve_` prefix, base units, `_seconds` and `_total` suffixes.
 Labels are bounded: model, family, sampler, steps (bounded by the API), outcome, reason;
 never a request id or a seed. The Ray layer records these through `ray.util.metrics`, whose
-export is right with many replicas on many nodes.
+export is right with many replicas on many nodes. Ray's exporter prefixes every application
+metric with `ray_`, so Prometheus sees `ray_genserve_...`: `exported_name` gives that name.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ class MetricSpec:
     description: str
     labels: tuple[str, ...]
     buckets: tuple[float, ...] = ()
+
+
+EXPORT_PREFIX = "ray_"
+
+
+def exported_name(spec: MetricSpec) -> str:
+    """The series name Prometheus scrapes from Ray's metrics export port."""
+    return EXPORT_PREFIX + spec.name
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

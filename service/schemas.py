@@ -32,7 +32,9 @@ class _GenerateBase(BaseModel):
 
     n: int = Field(1, ge=1, description="Number of images.")
     seed: Seed | None = None
-    label: int | None = Field(None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional.")
+    label: int | None = Field(
+        None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
+    )
 
     @field_validator("n")
     @classmethod

@@ -68,7 +68,13 @@ def write_tiny_models(root: Path) -> Path:
     latent_io = {"file": "model.onnx", "inputs": {"latent": "z", "label": "label"}, "output": "image"}
     for fam in ("gan", "vae"):
         folder = root / f"tiny-{fam}"
-        export_onnx(_tiny_latent_net(8), (torch.randn(2, 8), torch.zeros(2, dtype=torch.long)), folder / "model.onnx", ["z", "label"], ["image"])
+        export_onnx(
+            _tiny_latent_net(8),
+            (torch.randn(2, 8), torch.zeros(2, dtype=torch.long)),
+            folder / "model.onnx",
+            ["z", "label"],
+            ["image"],
+        )
         (folder / "model.json").write_text(json.dumps(tiny_card(folder.name, fam, latent_dim=8, onnx=latent_io)))
     folder = root / "tiny-diffusion"
     args = (torch.randn(2, 1, 28, 28), torch.ones(2), torch.zeros(2, dtype=torch.long))

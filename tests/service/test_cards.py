@@ -49,7 +49,7 @@ def test_a_missing_field_is_named(model_copy: Path) -> None:
     card = json.loads((model_copy / "model.json").read_text())
     del card["schedule"]
     (model_copy / "model.json").write_text(json.dumps(card))
-    with pytest.raises(ModelLoadError, match="model.json: invalid model card: .*needs `schedule`"):
+    with pytest.raises(ModelLoadError, match=r"model.json: invalid model card: .*needs `schedule`"):
         load_card(model_copy)
 
 
@@ -72,8 +72,13 @@ def test_a_corrupt_onnx_file_names_the_file(model_copy: Path) -> None:
 
 
 def test_card_inputs_that_do_not_match_the_graph_are_named(model_copy: Path) -> None:
-    _edit(model_copy, onnx={"file": "model.onnx", "inputs": {"sample": "x", "timestep": "time", "label": "label"}, "output": "eps"})
-    with pytest.raises(ModelLoadError, match=r"input 'time' \(role timestep\) is not in the graph.*\['t'\] are not named"):
+    _edit(
+        model_copy,
+        onnx={"file": "model.onnx", "inputs": {"sample": "x", "timestep": "time", "label": "label"}, "output": "eps"},
+    )
+    with pytest.raises(
+        ModelLoadError, match=r"input 'time' \(role timestep\) is not in the graph.*\['t'\] are not named"
+    ):
         load_model(model_copy, device="cpu")
 
 

@@ -40,7 +40,9 @@ def noise(n: int, seed: int = 0) -> list[np.ndarray]:
 @pytest.mark.parametrize("steps", [10, 20, 50])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_ddim_matches_diffusers(steps: int, eta: float) -> None:
-    ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, timestep_spacing="trailing")
+    ref = DDIMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", clip_sample=False, timestep_spacing="trailing"
+    )
     ref.set_timesteps(steps)
     timesteps = ref.timesteps.numpy()
     np.testing.assert_array_equal(timesteps, spaced_timesteps(steps, 1000, "trailing"))
@@ -60,7 +62,11 @@ def test_ddim_matches_diffusers(steps: int, eta: float) -> None:
 @pytest.mark.parametrize("spacing", ["trailing", "linspace"])
 def test_dpmpp_2m_matches_diffusers(steps: int, spacing: str) -> None:
     ref = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, beta_schedule="linear", algorithm_type="dpmsolver++", solver_order=2, timestep_spacing=spacing
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        timestep_spacing=spacing,
     )
     ref.set_timesteps(steps)
     timesteps = ref.timesteps.numpy()

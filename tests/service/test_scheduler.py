@@ -80,7 +80,9 @@ def test_different_seeds_give_different_images_and_images_differ_within_a_reques
 def test_short_request_behind_long_ones_finishes_in_about_its_own_step_count(model: LoadedModel) -> None:
     async def scenario() -> int:
         s = StepScheduler(model, max_batch=8)
-        long_jobs = [asyncio.ensure_future(s.submit(DiffusionJob(seed=i, n=4, steps=1000, sampler="ddim"))) for i in range(2)]
+        long_jobs = [
+            asyncio.ensure_future(s.submit(DiffusionJob(seed=i, n=4, steps=1000, sampler="ddim"))) for i in range(2)
+        ]
         await asyncio.sleep(0.05)  # the long lanes fill every row of the batch
         short = await s.submit(DiffusionJob(seed=9, n=2, steps=10, sampler="dpmpp_2m"))
         for f in long_jobs:

@@ -26,7 +26,9 @@ def validate(body: dict[str, object], card: ModelCard, limits: Limits | None = N
 
 
 def test_a_valid_body_becomes_a_frozen_job(diffusion_card: ModelCard) -> None:
-    job = validate({"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "seed": 42, "guidance": 2}, diffusion_card).to_job()
+    job = validate(
+        {"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "seed": 42, "guidance": 2}, diffusion_card
+    ).to_job()
     assert (job.n, job.label, job.steps, job.sampler, job.seed, job.guidance) == (8, 3, 20, "dpmpp_2m", 42, 2.0)
     with pytest.raises(AttributeError):
         job.n = 3  # type: ignore[misc]

@@ -24,7 +24,9 @@ from training.train import TRAINERS, default_config
     ],
     ids=["gan", "vae-decoder", "vae-encoder", "unet", "classifier"],
 )
-def test_onnx_matches_torch_at_batch_1_and_7(module: torch.nn.Module, make_inputs, inputs, outputs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_onnx_matches_torch_at_batch_1_and_7(
+    module: torch.nn.Module, make_inputs, inputs, outputs, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     torch.manual_seed(0)
     module.eval()
     path = tmp_path / "m.onnx"

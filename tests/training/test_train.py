@@ -13,7 +13,9 @@ from training.train import TRAINERS, default_config
 
 @pytest.mark.parametrize("family", ["gan", "vae", "diffusion", "classifier"])
 def test_a_few_steps_train_and_resume(family: str, tmp_path: Path) -> None:
-    trainer = TRAINERS[family](default_config(family, steps=3, batch_size=8, checkpoint_dir=tmp_path, checkpoint_every=2))
+    trainer = TRAINERS[family](
+        default_config(family, steps=3, batch_size=8, checkpoint_dir=tmp_path, checkpoint_every=2)
+    )
     assert trainer.step == 3
     state = torch.load(tmp_path / f"{family}.pt", weights_only=True)
     assert state["step"] == 3
@@ -23,7 +25,9 @@ def test_a_few_steps_train_and_resume(family: str, tmp_path: Path) -> None:
     resumed = TRAINERS[family](default_config(family, steps=5, batch_size=8, checkpoint_dir=tmp_path))
     assert resumed.step == 5
     changed = any(
-        not torch.equal(weights[k], v) for k, v in next(iter(resumed.modules.values())).state_dict().items() if v.is_floating_point()
+        not torch.equal(weights[k], v)
+        for k, v in next(iter(resumed.modules.values())).state_dict().items()
+        if v.is_floating_point()
     )
     assert changed, "resumed training did not update the weights"
 

@@ -1,0 +1,53 @@
+"""`build_app(args) -> Application`: one deployment per model folder, the family choosing the class.
+
+Named by `import_path: deployments.app:build_app` in `serve_config.yaml`; `args` there (or
+GENSERVE_* environment variables) set the model directory, device and ONNX Runtime threads.
+Per-deployment options in the YAML's `deployments:` list override the defaults set here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from deployments.ingress import Ingress
+from deployments.replicas import REPLICA_CLASSES
+from service.registry import load_cards
+from service.settings import Settings
+
+# Defaults for a CPU machine: fractional CPUs so that every replica fits on 2 cores.
+REPLICA_CPUS = 0.2
+INGRESS_CPUS = 0.1
+
+
+def model_deployment_name(model: str) -> str:
+    return f"model-{model}"
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    """The genserve application for every valid model card in the model directory."""
+    settings = Settings(**(args or {}))
+    cards, broken = load_cards(settings.model_dir)
+    handles = {}
+    for name, card in cards.items():
+        cls = REPLICA_CLASSES[card.family]
+        user_config: dict[str, Any] = (
+            {"max_batch": settings.max_batch, "max_queued_images": settings.max_queued_images}
+            if card.family == "diffusion"
+            else {"max_batch_images": settings.max_batch, "batch_wait_timeout_s": 0.005}
+        )
+        deployment = serve.deployment(
+            name=model_deployment_name(name),
+            ray_actor_options={"num_cpus": REPLICA_CPUS},
+            max_ongoing_requests=256,
+            max_queued_requests=512,
+            user_config=user_config,
+        )(cls)
+        handles[name] = deployment.bind(str(settings.model_dir.resolve()), name, settings.device, settings.ort_threads)
+    ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": INGRESS_CPUS}, max_ongoing_requests=512)(
+        Ingress
+    )
+    app: Application = ingress.bind(handles, cards, broken, settings.request_timeout_s)
+    return app

@@ -1,0 +1,57 @@
+"""Records `service.metrics` through Ray's metrics API, which Ray exports per node to Prometheus."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.util import metrics as ray_metrics
+
+from service import metrics as names
+from service.stats import RequestStats, StepStats
+
+
+def _make(spec: names.MetricSpec) -> Any:
+    if spec.kind == "counter":
+        return ray_metrics.Counter(spec.name, description=spec.description, tag_keys=spec.labels)
+    if spec.kind == "gauge":
+        return ray_metrics.Gauge(spec.name, description=spec.description, tag_keys=spec.labels)
+    return ray_metrics.Histogram(
+        spec.name, description=spec.description, boundaries=list(spec.buckets), tag_keys=spec.labels
+    )
+
+
+class ModelMetrics:
+    """The metrics one model replica records; every label value is bounded."""
+
+    def __init__(self, model: str, family: str) -> None:
+        self.tags = {"model": model, "family": family}
+        self.m = {spec.name: _make(spec) for spec in names.ALL}
+
+    def network_call(self, stats: StepStats) -> None:
+        self.m[names.STEP_LATENCY.name].observe(stats.seconds, tags=self.tags)
+        self.m[names.BATCH_IMAGES.name].observe(stats.rows, tags=self.tags)
+        self.m[names.BATCH_LANES.name].observe(stats.lanes, tags=self.tags)
+        self.m[names.BATCH_REQUESTS.name].observe(stats.requests, tags=self.tags)
+
+    def request_done(self, stats: RequestStats, steps: int, images: int) -> None:
+        self.m[names.REQUEST_LATENCY.name].observe(stats.total_seconds, tags={**self.tags, "steps": str(steps)})
+        self.m[names.QUEUE_WAIT.name].observe(stats.queue_seconds, tags=self.tags)
+        self.m[names.IMAGES.name].inc(images, tags=self.tags)
+        self.m[names.REQUESTS.name].inc(1, tags={**self.tags, "outcome": "ok"})
+
+    def request_failed(self, reason: str) -> None:
+        self.m[names.REQUESTS.name].inc(1, tags={**self.tags, "outcome": reason})
+        self.m[names.ERRORS.name].inc(1, tags={"model": self.tags["model"], "reason": reason})
+
+    def queue_depth(self, images: int) -> None:
+        self.m[names.QUEUE_DEPTH.name].set(images, tags=self.tags)
+
+
+class IngressMetrics:
+    """Errors the ingress answers itself (bad input, unknown model, back-pressure, timeouts)."""
+
+    def __init__(self) -> None:
+        self.errors = _make(names.ERRORS)
+
+    def error(self, model: str, reason: str) -> None:
+        self.errors.inc(1, tags={"model": model, "reason": reason})

@@ -1,0 +1,147 @@
+"""Model replicas: GAN/VAE with request-level batching, diffusion with the step scheduler.
+
+Plain classes; `deployments.app` makes them Ray Serve deployments. A replica answers with a
+`ReplicaResult`, never raises for an expected failure, so errors cross the Ray boundary as data.
+PNG encoding happens here, in a worker thread, not in the ingress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.metrics import ModelMetrics
+from service.errors import DeadlineExceeded, GenserveError
+from service.generators import LatentJob, generate_latent
+from service.images import png_bytes, to_uint8
+from service.registry import LoadedModel, load_model
+from service.runtime import Device
+from service.scheduler import DiffusionJob, StepScheduler
+from service.stats import RequestStats, StepStats
+
+
+@dataclass(frozen=True)
+class ReplicaResult:
+    """PNG images and timings, or an error (reason, message, retry_after)."""
+
+    pngs: list[bytes]
+    queue_seconds: float = 0.0
+    total_seconds: float = 0.0
+    error_reason: str | None = None
+    error_message: str = ""
+    retry_after: float | None = None
+
+    @classmethod
+    def failed(cls, e: GenserveError) -> ReplicaResult:
+        return cls([], error_reason=e.reason, error_message=e.message, retry_after=getattr(e, "retry_after", None))
+
+
+def encode(images: np.ndarray, value_range: tuple[float, float]) -> list[bytes]:
+    return [png_bytes(im) for im in to_uint8(images, value_range)]
+
+
+def _load(model_dir: str, name: str, device: Device, threads: int) -> LoadedModel:
+    return load_model(Path(model_dir) / name, device=device, intra_op_threads=threads)
+
+
+class LatentModelReplica:
+    """GAN or VAE: requests are batched by `@serve.batch`, counting images, not requests."""
+
+    def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
+        self.model = _load(model_dir, name, device, ort_threads)
+        self.metrics = ModelMetrics(name, self.model.card.family)
+        self.in_flight = 0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Live batch knobs from `user_config`: max_batch_images, batch_wait_timeout_s."""
+        batcher: Any = self._generate_batch  # the @serve.batch wrapper carries the setters
+        batcher.set_max_batch_size(int(config.get("max_batch_images", 64)))
+        batcher.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
+
+    def ready(self) -> str:
+        return self.model.name
+
+    async def generate(self, job: LatentJob, timeout_s: float) -> ReplicaResult:
+        self.in_flight += job.n
+        self.metrics.queue_depth(self.in_flight)
+        try:
+            result: ReplicaResult = await asyncio.wait_for(self._generate_batch((job, time.monotonic())), timeout_s)
+        except TimeoutError:
+            result = ReplicaResult.failed(DeadlineExceeded(f"request passed its deadline of {timeout_s:.0f}s"))
+        finally:
+            self.in_flight -= job.n
+            self.metrics.queue_depth(self.in_flight)
+        if result.error_reason:
+            self.metrics.request_failed(result.error_reason)
+        else:
+            self.metrics.request_done(RequestStats(result.queue_seconds, result.total_seconds, 1), 0, job.n)
+        return result
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(i[0].n for i in items))
+    async def _generate_batch(self, items: list[tuple[LatentJob, float]]) -> list[ReplicaResult]:
+        started = time.monotonic()
+        jobs = [job for job, _ in items]
+        try:
+            pngs = await asyncio.to_thread(self._run, jobs)
+        except Exception as e:
+            err = GenserveError(f"network call failed: {e}")
+            return [ReplicaResult.failed(err) for _ in items]
+        done = time.monotonic()
+        rows = sum(j.n for j in jobs)
+        self.metrics.network_call(StepStats(rows, rows, len(jobs), done - started))
+        return [ReplicaResult(p, started - sub, done - sub) for p, (_, sub) in zip(pngs, items, strict=True)]
+
+    def _run(self, jobs: list[LatentJob]) -> list[list[bytes]]:
+        images = generate_latent(self.model, jobs)
+        return [encode(im, self.model.card.image.value_range) for im in images]
+
+
+class DiffusionReplica:
+    """Diffusion: requests join the replica's `StepScheduler` and share every network call."""
+
+    def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
+        self.model = _load(model_dir, name, device, ort_threads)
+        self.metrics = ModelMetrics(name, "diffusion")
+        self.scheduler = StepScheduler(self.model, on_step=self._on_step)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """Live knobs from `user_config`: max_batch (network rows), max_queued_images."""
+        self.scheduler.max_batch = int(config.get("max_batch", 64))
+        self.scheduler.max_queued_lanes = int(config.get("max_queued_images", 1024))
+
+    def ready(self) -> str:
+        return self.model.name
+
+    def _on_step(self, stats: StepStats) -> None:
+        self.metrics.network_call(stats)
+        self.metrics.queue_depth(self.scheduler.queued_lanes)
+
+    async def generate(self, job: DiffusionJob, timeout_s: float) -> ReplicaResult:
+        job = DiffusionJob(**{**job.__dict__, "deadline": time.monotonic() + timeout_s})
+        try:
+            result = await self.scheduler.submit(job)
+        except GenserveError as e:
+            self.metrics.request_failed(e.reason)
+            return ReplicaResult.failed(e)
+        except asyncio.CancelledError:
+            self.metrics.request_failed("cancelled")
+            self.metrics.queue_depth(self.scheduler.queued_lanes)
+            raise
+        finally:
+            self.metrics.queue_depth(self.scheduler.queued_lanes)
+        pngs = await asyncio.to_thread(encode, result.images, self.model.card.image.value_range)
+        self.metrics.request_done(result.stats, job.steps, job.n)
+        return ReplicaResult(pngs, result.stats.queue_seconds, result.stats.total_seconds)
+
+
+REPLICA_CLASSES: dict[str, type[LatentModelReplica] | type[DiffusionReplica]] = {
+    "gan": LatentModelReplica,
+    "vae": LatentModelReplica,
+    "diffusion": DiffusionReplica,
+}

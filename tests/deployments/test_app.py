@@ -1,0 +1,45 @@
+"""The app builder and the production config, without starting Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.app import build_app, model_deployment_name
+from deployments.ingress import json_depth
+from service.cards import discover
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "deployments" / "serve_config.yaml"
+
+
+def test_serve_config_is_valid_and_names_every_shipped_model() -> None:
+    raw = yaml.safe_load(CONFIG.read_text())
+    schema = ServeDeploySchema.parse_obj(raw)
+    app = schema.applications[0]
+    assert app.import_path == "deployments.app:build_app"
+    names = {d.name for d in app.deployments}
+    shipped = {model_deployment_name(p.name) for p in discover(ROOT / "exported")}
+    assert shipped <= names and "ingress" in names
+    for d in app.deployments:
+        if d.name.startswith("model-"):
+            assert 0 < d.ray_actor_options.num_gpus < 1, "model replicas share a GPU fractionally"
+            assert d.autoscaling_config["max_replicas"] > d.autoscaling_config["min_replicas"]
+            assert d.max_queued_requests > 0 and d.user_config
+
+
+def test_build_app_makes_one_deployment_per_model(tiny_model_dir: Path) -> None:
+    app = build_app({"model_dir": str(tiny_model_dir)})
+    handles = app._bound_deployment.init_args[0]
+    assert set(handles) == {"tiny-gan", "tiny-vae", "tiny-diffusion"}
+    deployment = handles["tiny-diffusion"]._bound_deployment
+    assert deployment.name == "model-tiny-diffusion"
+    assert deployment._deployment_config.user_config["max_batch"] == 64
+    assert deployment.ray_actor_options["num_cpus"] < 1
+
+
+def test_json_depth_counts_nesting() -> None:
+    assert json_depth({"n": 1}) == 1
+    assert json_depth({"n": {"a": [1]}}) == 3

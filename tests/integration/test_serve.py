@@ -1,0 +1,211 @@
+"""The Ray Serve app over real HTTP, serving the shipped ONNX models from `exported/`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from service import metrics as names
+from service.images import decode_png
+from service.metrics import exported_name
+from service.runtime import OnnxModel
+from tests.integration.conftest import Server
+
+pytestmark = pytest.mark.integration
+
+
+def generate(server: Server, model: str, body: dict[str, Any], timeout: float = 120) -> requests.Response:
+    return requests.post(f"{server.url}/v1/models/{model}/generate", json=body, timeout=timeout)
+
+
+def images_of(resp: requests.Response) -> np.ndarray:
+    assert resp.status_code == 200, resp.text
+    return np.stack([decode_png(base64.b64decode(im["png_base64"])) for im in resp.json()["images"]])
+
+
+def classify(server: Server, images: np.ndarray) -> np.ndarray:
+    clf = OnnxModel(server.model_dir / "_evaluation" / "classifier.onnx", device="cpu")
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
+    logits = clf.session.run(["logits"], {"image": x})[0]
+    return np.asarray(logits).argmax(1)
+
+
+def test_health_readiness_and_model_listing(server: Server) -> None:
+    assert requests.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = requests.get(f"{server.url}/readyz", timeout=30)
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    models = {m["name"]: m for m in requests.get(f"{server.url}/v1/models", timeout=10).json()}
+    assert {"gan", "vae", "diffusion"} <= set(models)
+    assert models["diffusion"]["samplers"] == ["ddpm", "ddim", "dpmpp_2m"] and models["diffusion"]["max_steps"] == 1000
+    one = requests.get(f"{server.url}/v1/models/gan", timeout=10).json()
+    assert one["image_shape"] == [1, 28, 28] and one["labels"][3] == "3"
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        ("gan", {"n": 8, "label": 3, "seed": 1}),
+        ("vae", {"n": 8, "label": 5, "seed": 2}),
+        ("diffusion", {"n": 8, "label": 7, "seed": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0}),
+    ],
+)
+def test_each_family_returns_pngs_of_the_requested_digit(server: Server, model: str, body: dict[str, Any]) -> None:
+    resp = generate(server, model, body)
+    images = images_of(resp)
+    assert images.shape == (8, 28, 28, 1) and images.dtype == np.uint8
+    payload = resp.json()
+    assert payload["model"] == model and [im["seed"] for im in payload["images"]] == [body["seed"]] * 8
+    assert [im["index"] for im in payload["images"]] == list(range(8))
+    t = payload["timings"]
+    assert t["total_seconds"] >= t["compute_seconds"] >= 0 and t["queue_seconds"] >= 0
+    agree = (classify(server, images) == body["label"]).mean()
+    assert agree >= 0.75, f"classifier agreed with the label on {agree:.0%} of {model} images"
+
+
+def test_a_seeded_request_gives_the_same_images_alone_and_amid_mixed_traffic(server: Server) -> None:
+    probe = {"n": 3, "label": 2, "seed": 77, "steps": 15, "sampler": "ddim", "guidance": 1.5}
+    alone = images_of(generate(server, "diffusion", probe))
+    gan_probe = {"n": 3, "label": 4, "seed": 78}
+    gan_alone = images_of(generate(server, "gan", gan_probe))
+    traffic = [
+        ("diffusion", {"n": 2, "seed": i, "steps": s, "sampler": sm})
+        for i, (s, sm) in enumerate([(10, "dpmpp_2m"), (30, "ddpm"), (25, "ddim")] * 2)
+    ]
+    traffic += [("gan", {"n": 5, "seed": 100 + i}) for i in range(6)]
+    with ThreadPoolExecutor(16) as pool:
+        others = [pool.submit(generate, server, m, b) for m, b in traffic]
+        time.sleep(0.05)
+        busy = pool.submit(generate, server, "diffusion", probe)
+        gan_busy = pool.submit(generate, server, "gan", gan_probe)
+        np.testing.assert_array_equal(images_of(busy.result()), alone)
+        np.testing.assert_array_equal(images_of(gan_busy.result()), gan_alone)
+        assert all(f.result().status_code == 200 for f in others)
+
+
+def scrape(server: Server) -> str:
+    return requests.get(server.metrics_url, timeout=10).text
+
+
+def histogram_counts_above_one(text: str, metric: str, model: str) -> float:
+    """Observations > 1 of a size histogram for one model: count minus the `le=1` bucket."""
+    count = bucket1 = 0.0
+    for line in text.splitlines():
+        if not line.startswith(metric) or f'model="{model}"' not in line:
+            continue
+        value = float(line.rsplit(" ", 1)[1])
+        if line.startswith(f"{metric}_count"):
+            count += value
+        elif line.startswith(f"{metric}_bucket") and re.search(r'le="1(\.0)?"', line):
+            bucket1 += value
+    return count - bucket1
+
+
+def wait_for_metric(server: Server, predicate: Any, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = scrape(server)
+        if predicate(text):
+            return text
+        time.sleep(1)
+    raise AssertionError(f"metric condition not met in {timeout}s; last scrape:\n{text[-3000:]}")
+
+
+def test_concurrent_requests_share_network_calls(server: Server) -> None:
+    with ThreadPoolExecutor(12) as pool:
+        diff = [
+            pool.submit(generate, server, "diffusion", {"n": 2, "seed": i, "steps": s})
+            for i, s in enumerate([10, 40, 10, 40, 25, 25])
+        ]
+        gan = [pool.submit(generate, server, "gan", {"n": 2, "seed": i}) for i in range(12)]
+        assert all(f.result().status_code == 200 for f in diff + gan)
+    # Diffusion requests with different step counts advanced in the same network calls;
+    # GAN requests were batched together.
+    shared = exported_name(names.BATCH_REQUESTS)
+    wait_for_metric(server, lambda t: histogram_counts_above_one(t, shared, "diffusion") > 0)
+    wait_for_metric(server, lambda t: histogram_counts_above_one(t, exported_name(names.BATCH_IMAGES), "gan") > 0)
+
+
+BAD = [
+    ("diffusion", {"steps": "many"}, 422, "steps"),
+    ("diffusion", {"steps": 5000}, 422, "steps"),
+    ("diffusion", {"n": 1000}, 422, "n"),
+    ("diffusion", {"sampler": "euler"}, 422, "sampler"),
+    ("gan", {"label": 12}, 422, "label"),
+    ("vae", {"temperature": -1}, 422, "temperature"),
+    ("gan", {"unknown_field": 1}, 422, "unknown_field"),
+    ("gan", {"n": {"a": {"b": {"c": 1}}}}, 422, "body"),
+    ("no-such-model", {"n": 1}, 404, None),
+    ("..%2F..%2Fetc", {"n": 1}, 404, None),
+]
+
+
+@pytest.mark.parametrize(("model", "body", "status", "field"), BAD)
+def test_bad_input_gets_a_json_4xx_naming_the_field(
+    server: Server, model: str, body: dict[str, Any], status: int, field: str | None
+) -> None:
+    resp = generate(server, model, body)
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["code"] and err["message"]
+    if field is not None:
+        assert err["field"] == field
+
+
+def test_malformed_and_oversized_bodies_are_refused(server: Server) -> None:
+    url = f"{server.url}/v1/models/gan/generate"
+    bad_json = requests.post(url, data=b"{not json", headers={"content-type": "application/json"}, timeout=10)
+    assert bad_json.status_code == 422 and bad_json.json()["error"]["field"] == "body"
+    huge = requests.post(url, data=json.dumps({"n": 1, "pad": "x" * 200_000}), timeout=10)
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "body_too_large"
+
+
+def test_openapi_has_an_example_per_family(server: Server) -> None:
+    spec = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    body = spec["paths"]["/v1/models/{name}/generate"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["examples"]) == {"gan", "vae", "diffusion"}
+    assert requests.get(f"{server.url}/docs", timeout=10).status_code == 200
+
+
+EXPECTED_METRICS = {
+    exported_name(names.REQUEST_LATENCY) + "_bucket": {"model", "family", "steps"},
+    exported_name(names.STEP_LATENCY) + "_bucket": {"model", "family"},
+    exported_name(names.BATCH_IMAGES) + "_bucket": {"model", "family"},
+    exported_name(names.BATCH_LANES) + "_bucket": {"model", "family"},
+    exported_name(names.BATCH_REQUESTS) + "_bucket": {"model", "family"},
+    exported_name(names.QUEUE_WAIT) + "_bucket": {"model", "family"},
+    exported_name(names.QUEUE_DEPTH): {"model", "family"},
+    exported_name(names.IMAGES): {"model", "family"},
+    exported_name(names.REQUESTS): {"model", "family", "outcome"},
+    exported_name(names.ERRORS): {"model", "reason"},
+}
+
+
+def test_metrics_appear_on_the_export_port_with_their_labels(server: Server) -> None:
+    for model, body in [
+        ("gan", {"n": 1}),
+        ("vae", {"n": 1}),
+        ("diffusion", {"n": 1, "steps": 10}),
+        ("diffusion", {"n": 1, "steps": 20}),
+    ]:
+        assert generate(server, model, body).status_code == 200
+
+    def all_present(text: str) -> bool:
+        return all(re.search(rf"^{name}\{{", text, re.M) for name in EXPECTED_METRICS) and 'steps="20"' in text
+
+    text = wait_for_metric(server, all_present)
+    for name, labels in EXPECTED_METRICS.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(name + "{"))
+        found = set(re.findall(r'(\w+)="', line))
+        assert labels <= found, f"{name} has labels {found}, expected {labels}"
+    latency = exported_name(names.REQUEST_LATENCY)
+    assert re.search(latency + r'_count\{[^}]*model="diffusion"[^}]*steps="10"', text)
+    assert re.search(exported_name(names.ERRORS) + r'\{[^}]*model="gan"[^}]*reason="invalid_request"', text)
