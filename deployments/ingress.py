@@ -223,7 +223,7 @@ class Ingress:
             card = self._card(name)
             req = parse_body(await request.body(), REQUEST_SCHEMAS[card.family], card, self.limits)
             job = req.to_job()
-            result = await self._call(name, job)
+            result = await self._call(name, job, req.grid)
         except GenserveError as e:
             # Only served model names become label values, so the label set stays bounded.
             self.metrics.error(name if name in self.cards else "unknown", e.reason)
@@ -241,11 +241,12 @@ class Ingress:
             compute_seconds=result.total_seconds - result.queue_seconds,
             total_seconds=result.total_seconds,
         )
-        return GenerateResponse(model=name, images=images, timings=timings)
+        tiled = base64.b64encode(result.grid).decode("ascii") if result.grid is not None else None
+        return GenerateResponse(model=name, images=images, grid_png_base64=tiled, timings=timings)
 
-    async def _call(self, name: str, job: Any) -> ReplicaResult:
+    async def _call(self, name: str, job: Any, grid: bool) -> ReplicaResult:
         """One replica call, bounded by the request timeout; Ray's back-pressure becomes a 503."""
-        call = self.handles[name].generate.remote(job, self.timeout_s)
+        call = self.handles[name].generate.remote(job, self.timeout_s, grid)
         try:
             result: ReplicaResult = await asyncio.wait_for(call, timeout=self.timeout_s + 5)
         except TimeoutError:

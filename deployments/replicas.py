@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray import serve
 
 from deployments.metrics import ModelMetrics
 from service.errors import DeadlineExceeded, GenserveError
 from service.generators import LatentJob, generate_latent
-from service.images import png_bytes, to_uint8
+from service.images import encode_pngs
 from service.registry import LoadedModel, load_model
 from service.runtime import Device
 from service.scheduler import DiffusionJob, StepScheduler
@@ -31,6 +30,7 @@ class ReplicaResult:
     """PNG images and timings, or an error (reason, message, retry_after)."""
 
     pngs: list[bytes]
+    grid: bytes | None = None
     queue_seconds: float = 0.0
     total_seconds: float = 0.0
     error_reason: str | None = None
@@ -40,10 +40,6 @@ class ReplicaResult:
     @classmethod
     def failed(cls, e: GenserveError) -> ReplicaResult:
         return cls([], error_reason=e.reason, error_message=e.message, retry_after=getattr(e, "retry_after", None))
-
-
-def encode(images: np.ndarray, value_range: tuple[float, float]) -> list[bytes]:
-    return [png_bytes(im) for im in to_uint8(images, value_range)]
 
 
 def _load(model_dir: str, name: str, device: Device, threads: int) -> LoadedModel:
@@ -67,11 +63,13 @@ class LatentModelReplica:
     def ready(self) -> str:
         return self.model.name
 
-    async def generate(self, job: LatentJob, timeout_s: float) -> ReplicaResult:
+    async def generate(self, job: LatentJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
         self.in_flight += job.n
         self.metrics.queue_depth(self.in_flight)
         try:
-            result: ReplicaResult = await asyncio.wait_for(self._generate_batch((job, time.monotonic())), timeout_s)
+            result: ReplicaResult = await asyncio.wait_for(
+                self._generate_batch((job, time.monotonic(), grid)), timeout_s
+            )
         except TimeoutError:
             result = ReplicaResult.failed(DeadlineExceeded(f"request passed its deadline of {timeout_s:.0f}s"))
         finally:
@@ -84,22 +82,25 @@ class LatentModelReplica:
         return result
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(i[0].n for i in items))
-    async def _generate_batch(self, items: list[tuple[LatentJob, float]]) -> list[ReplicaResult]:
+    async def _generate_batch(self, items: list[tuple[LatentJob, float, bool]]) -> list[ReplicaResult]:
         started = time.monotonic()
-        jobs = [job for job, _ in items]
+        jobs = [job for job, _, _ in items]
         try:
-            pngs = await asyncio.to_thread(self._run, jobs)
+            encoded = await asyncio.to_thread(self._run, jobs, [g for _, _, g in items])
         except Exception as e:
             err = GenserveError(f"network call failed: {e}")
             return [ReplicaResult.failed(err) for _ in items]
         done = time.monotonic()
         rows = sum(j.n for j in jobs)
         self.metrics.network_call(StepStats(rows, rows, len(jobs), done - started))
-        return [ReplicaResult(p, started - sub, done - sub) for p, (_, sub) in zip(pngs, items, strict=True)]
+        return [
+            ReplicaResult(p, g, started - sub, done - sub) for (p, g), (_, sub, _) in zip(encoded, items, strict=True)
+        ]
 
-    def _run(self, jobs: list[LatentJob]) -> list[list[bytes]]:
+    def _run(self, jobs: list[LatentJob], grids: list[bool]) -> list[tuple[list[bytes], bytes | None]]:
         images = generate_latent(self.model, jobs)
-        return [encode(im, self.model.card.image.value_range) for im in images]
+        vr = self.model.card.image.value_range
+        return [encode_pngs(im, vr, g) for im, g in zip(images, grids, strict=True)]
 
 
 class DiffusionReplica:
@@ -122,7 +123,7 @@ class DiffusionReplica:
         self.metrics.network_call(stats)
         self.metrics.queue_depth(self.scheduler.queued_lanes)
 
-    async def generate(self, job: DiffusionJob, timeout_s: float) -> ReplicaResult:
+    async def generate(self, job: DiffusionJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
         job = DiffusionJob(**{**job.__dict__, "deadline": time.monotonic() + timeout_s})
         try:
             result = await self.scheduler.submit(job)
@@ -135,9 +136,9 @@ class DiffusionReplica:
             raise
         finally:
             self.metrics.queue_depth(self.scheduler.queued_lanes)
-        pngs = await asyncio.to_thread(encode, result.images, self.model.card.image.value_range)
+        pngs, tiled = await asyncio.to_thread(encode_pngs, result.images, self.model.card.image.value_range, grid)
         self.metrics.request_done(result.stats, job.steps, job.n)
-        return ReplicaResult(pngs, result.stats.queue_seconds, result.stats.total_seconds)
+        return ReplicaResult(pngs, tiled, result.stats.queue_seconds, result.stats.total_seconds)
 
 
 REPLICA_CLASSES: dict[str, type[LatentModelReplica] | type[DiffusionReplica]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import urllib.request
 
@@ -36,8 +37,15 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, object]:
     raise RuntimeError(f"genserve not ready after {timeout_s:.0f}s: {last}")
 
 
+# On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report ready,
+# and the controller then kills and restarts it in a loop. Workers inherit these from the driver.
+RAY_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+
+
 def start(model_dir: str, host: str, port: int, metrics_port: int) -> str:
     """Starts Ray and the app; returns the base URL."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     ray.init(
         include_dashboard=False,
         _metrics_export_port=metrics_port,

@@ -38,3 +38,12 @@ def grid(images: np.ndarray, ncols: int, pad: int = 2, background: int = 0) -> n
         r, col = divmod(i, ncols)
         out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = img
     return out
+
+
+def encode_pngs(
+    images: np.ndarray, value_range: tuple[float, float], with_grid: bool = False
+) -> tuple[list[bytes], bytes | None]:
+    """Network output (N, C, H, W) -> one PNG per image, and optionally one grid PNG of them all."""
+    pixels = to_uint8(images, value_range)
+    tiled = png_bytes(grid(pixels, ncols=min(len(pixels), 8))) if with_grid else None
+    return [png_bytes(im) for im in pixels], tiled

@@ -35,6 +35,7 @@ class _GenerateBase(BaseModel):
     label: int | None = Field(
         None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
     )
+    grid: bool = Field(False, description="Also return all images tiled into one PNG (`grid_png_base64`).")
 
     @field_validator("n")
     @classmethod
@@ -165,6 +166,9 @@ class Timings(BaseModel):
 class GenerateResponse(BaseModel):
     model: str
     images: list[GeneratedImage]
+    grid_png_base64: str | None = Field(
+        None, description="The images tiled into one PNG, when the request asked for `grid`."
+    )
     timings: Timings
 
 

@@ -19,17 +19,21 @@ NULL_LABEL = 10
 
 # ---------------------------------------------------------------- GAN
 class GanGenerator(nn.Module):
-    """DCGAN-style generator: (z, label) -> image; label 10 means unconditional."""
+    """DCGAN-style generator: (z, label) -> image; label 10 means unconditional.
+
+    GroupNorm rather than BatchNorm: each image is normalised on its own, so eval-mode output
+    matches training and does not depend on the rest of the batch.
+    """
 
     def __init__(self, z_dim: int = 64, ch: int = 32) -> None:
         super().__init__()
         self.z_dim = z_dim
-        self.embed = nn.Embedding(N_LABELS + 1, z_dim)
-        self.fc = nn.Sequential(nn.Linear(2 * z_dim, 4 * ch * 7 * 7), nn.BatchNorm1d(4 * ch * 7 * 7), nn.ReLU())
         self.ch = ch
+        self.embed = nn.Embedding(N_LABELS + 1, z_dim)
+        self.fc = nn.Sequential(nn.Linear(2 * z_dim, 4 * ch * 7 * 7), nn.ReLU())
         self.body = nn.Sequential(
-            nn.ConvTranspose2d(4 * ch, 2 * ch, 4, 2, 1), nn.BatchNorm2d(2 * ch), nn.ReLU(),
-            nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.BatchNorm2d(ch), nn.ReLU(),
+            nn.ConvTranspose2d(4 * ch, 2 * ch, 4, 2, 1), nn.GroupNorm(8, 2 * ch), nn.ReLU(),
+            nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.GroupNorm(8, ch), nn.ReLU(),
             nn.Conv2d(ch, 1, 3, 1, 1), nn.Tanh(),
         )  # fmt: skip
 

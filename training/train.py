@@ -7,6 +7,7 @@ Each loop is resumable: it writes `checkpoints/<family>.pt` (kept out of git) ev
 from __future__ import annotations
 
 import copy
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,8 +79,12 @@ class Trainer:
         self.step = int(state["step"])
 
     def run(self, step_fn: StepFn, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Runs `step_fn` on random batches until `cfg.steps`, checkpointing on the way."""
+        """Runs `step_fn` on random batches until `cfg.steps`, checkpointing on the way.
+
+        SIGTERM (and Ctrl-C) stop after the current step with a checkpoint, so nothing is lost.
+        """
         self.maybe_resume()
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         gen = torch.Generator().manual_seed(self.cfg.seed + self.step)
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.family}", mininterval=5)
         t0 = time.time()
@@ -93,10 +98,17 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save()
+        except KeyboardInterrupt:
+            print(f"{self.cfg.family}: interrupted at step {self.step}; checkpoint saved, run again to resume")
         finally:
             self.save()
             bar.close()
+            signal.signal(signal.SIGTERM, previous)
         print(f"{self.cfg.family}: {self.step} steps, {time.time() - t0:.0f}s this run, checkpoint {self.path}")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,6 +70,13 @@ def test_each_family_returns_pngs_of_the_requested_digit(server: Server, model: 
     assert agree >= 0.75, f"classifier agreed with the label on {agree:.0%} of {model} images"
 
 
+def test_a_grid_png_comes_back_when_asked_for(server: Server) -> None:
+    resp = generate(server, "vae", {"n": 4, "seed": 5, "grid": True})
+    tiled = decode_png(base64.b64decode(resp.json()["grid_png_base64"]))
+    assert tiled.shape == (2 + 30, 2 + 4 * 30, 1)
+    assert generate(server, "vae", {"n": 1}).json()["grid_png_base64"] is None
+
+
 def test_a_seeded_request_gives_the_same_images_alone_and_amid_mixed_traffic(server: Server) -> None:
     probe = {"n": 3, "label": 2, "seed": 77, "steps": 15, "sampler": "ddim", "guidance": 1.5}
     alone = images_of(generate(server, "diffusion", probe))

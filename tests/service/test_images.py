@@ -28,3 +28,14 @@ def test_grid_places_each_image_in_its_cell() -> None:
     assert g.shape == (2 * 5 + 1, 3 * 5 + 1, 1)
     assert g[1, 1, 0] == 10 and g[1, 6, 0] == 20 and g[6, 6, 0] == 50
     assert g[6, 11, 0] == 0  # the empty sixth cell stays background
+
+
+def test_encode_pngs_gives_one_png_per_image_and_an_optional_grid() -> None:
+    from service.images import encode_pngs
+
+    images = np.linspace(-1, 1, 3 * 28 * 28, dtype=np.float32).reshape(3, 1, 28, 28)
+    pngs, tiled = encode_pngs(images, (-1.0, 1.0), with_grid=True)
+    assert len(pngs) == 3
+    np.testing.assert_array_equal(decode_png(pngs[1]), to_uint8(images)[1])
+    assert tiled is not None and decode_png(tiled).shape == (2 + 30, 2 + 3 * 30, 1)
+    assert encode_pngs(images, (-1.0, 1.0))[1] is None

@@ -34,6 +34,11 @@ def test_a_valid_body_becomes_a_frozen_job(diffusion_card: ModelCard) -> None:
         job.n = 3  # type: ignore[misc]
 
 
+def test_every_family_accepts_the_grid_flag() -> None:
+    assert GanGenerateRequest(grid=True).grid and VaeGenerateRequest(grid=True).grid
+    assert DiffusionGenerateRequest(grid=True).grid and not DiffusionGenerateRequest().grid
+
+
 def test_a_missing_seed_is_drawn_and_reported() -> None:
     seeds = {GanGenerateRequest().to_job().seed for _ in range(5)}
     assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)

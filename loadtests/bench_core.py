@@ -1,0 +1,123 @@
+"""`make bench-core`: the serving library's images per second per family, and ONNX Runtime vs torch eager.
+
+One run on this machine, everything side by side: for each shipped model, images/s through
+`service` at batch 1 and batch 64, and the same network under torch eager (same architecture
+and thread count; weights do not change the work) as a ratio. Writes a markdown report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from service.generators import LatentJob, generate_latent
+from service.registry import LoadedModel, load_model
+from service.scheduler import DiffusionJob, StepScheduler
+
+DIFFUSION_STEPS = 20
+
+
+def rate(fn: Callable[[], int], min_seconds: float) -> float:
+    """Items per second of `fn` (which returns how many items it made), after one warm-up call."""
+    fn()
+    done, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        done += fn()
+    return done / (time.perf_counter() - t0)
+
+
+def library_rate(model: LoadedModel, batch: int, seconds: float) -> float:
+    if model.card.family != "diffusion":
+        return rate(lambda: sum(len(im) for im in generate_latent(model, [LatentJob(seed=0, n=batch)])), seconds)
+
+    async def one() -> int:
+        s = StepScheduler(model, max_batch=batch)
+        res = await s.submit(DiffusionJob(seed=0, n=batch, steps=DIFFUSION_STEPS, sampler="dpmpp_2m"))
+        await s.close()
+        return len(res.images)
+
+    return rate(lambda: asyncio.run(one()), seconds)
+
+
+def torch_rates(family: str, batches: tuple[int, ...], threads: int, seconds: float) -> dict[int, float]:
+    """Images/s of the torch eager network (one forward per image, diffusion: per step)."""
+    import torch
+
+    from training import nets
+
+    torch.set_num_threads(threads)
+    out = {}
+    with torch.no_grad():
+        for b in batches:
+            label = torch.zeros(b, dtype=torch.long)
+            if family == "diffusion":
+                net: torch.nn.Module = nets.UNet().eval()
+                x, t = torch.randn(b, 1, 28, 28), torch.full((b,), 500.0)
+
+                def call(net: torch.nn.Module = net, x: torch.Tensor = x, t: torch.Tensor = t, b: int = b, label: torch.Tensor = label) -> int:
+                    for _ in range(DIFFUSION_STEPS):
+                        net(x, t, label)
+                    return b
+
+            else:
+                net = (nets.GanGenerator() if family == "gan" else nets.VaeDecoder()).eval()
+                z = torch.randn(b, net.z_dim)  # type: ignore[arg-type]
+
+                def call(net: torch.nn.Module = net, z: torch.Tensor = z, b: int = b, label: torch.Tensor = label) -> int:
+                    net(z, label)
+                    return b
+
+            out[b] = rate(call, seconds)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model-dir", default="exported")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per cell")
+    parser.add_argument("--out", default="docs/bench-core.md")
+    args = parser.parse_args()
+    batches = (1, 64)
+    rows = []
+    for name in ("gan", "vae", "diffusion"):
+        model = load_model(Path(args.model_dir) / name, device="cpu", intra_op_threads=args.threads)
+        lib = {b: library_rate(model, b, args.seconds) for b in batches}
+        eager = torch_rates(model.card.family, batches, args.threads, args.seconds)
+        rows.append((name, lib, eager))
+        print(name, {b: round(v, 1) for b, v in lib.items()}, {b: round(v, 1) for b, v in eager.items()}, flush=True)
+    lines = [
+        "# Serving library throughput (make bench-core)",
+        "",
+        f"Command: `make bench-core` (`python loadtests/bench_core.py --threads {args.threads}`). Machine: {platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs, {platform.python_implementation()} {platform.python_version()}, CPU execution provider. "
+        f"Images per second; diffusion images are {DIFFUSION_STEPS}-step DPM-Solver++ samples. torch eager runs the same "
+        "architecture with the same thread count.",
+        "",
+        "| model | library b=1 | library b=64 | batching gain | torch eager b=1 | torch eager b=64 | ORT / torch b=1 | ORT / torch b=64 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, lib, eager in rows:
+        lines.append(
+            f"| {name} | {lib[1]:.1f} | {lib[64]:.1f} | {lib[64] / lib[1]:.1f}x | {eager[1]:.1f} | {eager[64]:.1f} | "
+            f"{lib[1] / eager[1]:.2f}x | {lib[64] / eager[64]:.2f}x |"
+        )
+    lines.append("")
+    lines.append(
+        "The library figures include everything a replica does but HTTP: latent or noise draws per image, "
+        "sampler coefficients, and the network; torch eager is the network alone."
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
