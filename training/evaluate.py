@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from service.evaluation import Quality, quality
 from service.generators import LatentJob, generate_latent
-from service.images import grid, png_bytes, to_uint8
+from service.images import grid, to_uint8
 from service.registry import LoadedModel, load_model
 from service.runtime import OnnxModel
 from service.samplers import SamplerName
@@ -33,7 +33,8 @@ Made by `genserve eval` (see `training/evaluate.py`): N = 1,000 generated images
 (100 per label) against the 1,000 held-out digits, in the 128-d penultimate features of the
 evaluation classifier (`exported/_evaluation/classifier.onnx`). FID; precision and recall
 (Kynkaanniemi et al. 2019, k = 3); label accuracy is the share of images the classifier gives
-the requested label. The floor row compares 1,000 training digits with the held-out digits.
+the requested label. The floor row compares 1,000 training digits with the held-out digits; its
+label accuracy is the classifier's own accuracy on the held-out digits.
 Diffusion settings are `sampler-steps` (guidance 1, plain conditional) and `-cfg2` (guidance 2).
 
 """
@@ -109,11 +110,21 @@ def sample_diffusion(model: LoadedModel, labels: np.ndarray, setting: Setting, m
     return asyncio.run(run())[0]
 
 
-def write_grid(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """samples.png: one row per label (0-9), ten samples each."""
-    rows = [images[labels == lab][:10] for lab in range(10)]
-    path = folder / "samples.png"
-    path.write_bytes(png_bytes(grid(to_uint8(np.concatenate(rows)), ncols=10)))
+def write_grid(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> None:
+    """samples.png: one row per label, ten samples each, the label written at the left, 2x scale."""
+    from PIL import Image, ImageDraw
+
+    rows = [images[labels == lab][:10] for lab in range(len(names))]
+    tiles = grid(to_uint8(np.concatenate(rows)), ncols=10)[:, :, 0]
+    margin = 14
+    canvas = Image.new("L", (tiles.shape[1] + margin, tiles.shape[0]), 0)
+    canvas.paste(Image.fromarray(tiles), (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    cell = (tiles.shape[0] - 2) // len(names)
+    for i, name in enumerate(names):
+        draw.text((3, 2 + i * cell + cell // 2 - 6), name, fill=255)
+    canvas = canvas.resize((canvas.width * 2, canvas.height * 2), Image.Resampling.NEAREST)
+    canvas.save(folder / "samples.png")
 
 
 def evaluate_model(
@@ -136,18 +147,19 @@ def evaluate_model(
         results[setting.key] = quality(real, feats, predicted, labels)
         print(f"{name} {setting.key}: {results[setting.key].as_dict()} ({time.time() - t0:.0f}s)", flush=True)
         if setting.key in ("default", "dpmpp_2m-20"):
-            write_grid(folder, images, labels)
+            write_grid(folder, images, labels, model.card.labels)
     return results
 
 
 def floor(features: FeatureNet) -> tuple[Quality, np.ndarray]:
     """Held-out digits as the reference; 1,000 training digits as 'generated': the best a model can do."""
     split = load_split()
-    _, real = features(split.heldout_x)
+    held_predicted, real = features(split.heldout_x)
     rng = np.random.default_rng(EVAL_SEED)
     idx = rng.choice(len(split.train_x), N_EVAL, replace=False)
-    predicted, train_feats = features(split.train_x[idx])
-    return quality(real, train_feats, predicted, split.train_y[idx]), real
+    _, train_feats = features(split.train_x[idx])
+    # The floor's label accuracy is the classifier's own accuracy on the held-out digits.
+    return quality(real, train_feats, held_predicted, split.heldout_y), real
 
 
 def quality_from_dict(d: dict[str, float]) -> Quality:
