@@ -42,12 +42,18 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, object]:
 RAY_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 
 
-def start(model_dir: str, host: str, port: int, metrics_port: int) -> str:
-    """Starts Ray and the app; returns the base URL."""
+def start(model_dir: str, host: str, port: int, metrics_port: int, dashboard_port: int = 8265) -> str:
+    """Starts Ray and the app; returns the base URL.
+
+    Ray's dashboard (on loopback) also writes the Prometheus service-discovery file that
+    `monitoring/prometheus.yml` reads.
+    """
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     ray.init(
-        include_dashboard=False,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         _metrics_export_port=metrics_port,
         _node_ip_address="127.0.0.1",
         configure_logging=False,
@@ -65,8 +71,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics export port")
+    parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard (loopback only)")
     args = parser.parse_args()
-    url = start(args.model_dir, args.host, args.port, args.metrics_port)
+    url = start(args.model_dir, args.host, args.port, args.metrics_port, args.dashboard_port)
     print(f"\ngenserve is ready at {url} (OpenAPI: {url}/docs, metrics: http://127.0.0.1:{args.metrics_port}/metrics)")
     print("Try:\n")
     print(

@@ -35,7 +35,7 @@ def server() -> Iterator[Server]:
 
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     port, metrics_port = free_port(), free_port()
-    url = start(str(SHIPPED), "127.0.0.1", port, metrics_port)
+    url = start(str(SHIPPED), "127.0.0.1", port, metrics_port, dashboard_port=free_port())
     try:
         yield Server(url, f"http://127.0.0.1:{metrics_port}/metrics", SHIPPED)
     finally:
