@@ -1,0 +1,67 @@
+"""docker-compose and the KubeRay manifest: no engine or cluster runs here, so check what can be
+checked: every file they build from or mount exists, ports agree, GPU requests are where the
+model replicas land, and the RayService serve config equals serve_config.yaml."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def compose() -> dict:  # type: ignore[type-arg]
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_builds_and_mounts_only_files_that_exist() -> None:
+    services = compose()["services"]
+    assert {"ray-head", "ray-gpu-worker", "prometheus", "grafana"} <= set(services)
+    for name, svc in services.items():
+        if "build" in svc:
+            dockerfile = ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]
+            assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+            for src in re.findall(r"^COPY (\S+)", dockerfile.read_text(), re.M):
+                assert (ROOT / src).exists(), f"{dockerfile.name} copies {src}, which does not exist"
+        for volume in svc.get("volumes", []):
+            src = volume.split(":")[0]
+            if src.startswith("./"):
+                assert (ROOT / src).exists(), f"{name} mounts {src}, which does not exist"
+        assert "healthcheck" in svc, f"{name} has no health check"
+
+
+def test_compose_gpu_worker_reserves_an_nvidia_device() -> None:
+    devices = compose()["services"]["ray-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_ports_agree_across_compose_prometheus_and_grafana() -> None:
+    services = compose()["services"]
+    assert "8000:8000" in services["ray-head"]["ports"]
+    head_script = (ROOT / "docker" / "head.sh").read_text()
+    assert "--metrics-export-port=8080" in head_script and "serve deploy deployments/serve_config.yaml" in head_script
+    assert "--metrics-export-port=8080" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    prom = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    sd_file = prom["scrape_configs"][0]["file_sd_configs"][0]["files"][0]
+    assert sd_file.startswith("/tmp/ray/") and "ray-tmp:/tmp/ray:ro" in services["prometheus"]["volumes"]
+    datasource = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    assert "9090:9090" in services["prometheus"]["ports"]
+
+
+def test_rayservice_mirrors_serve_config_and_puts_gpus_on_workers() -> None:
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    assert manifest["kind"] == "RayService" and manifest["apiVersion"] == "ray.io/v1"
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    shipped = yaml.safe_load((ROOT / "deployments" / "serve_config.yaml").read_text())
+    assert embedded["applications"] == shipped["applications"]
+    ServeDeploySchema.parse_obj(embedded)
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    workers = cluster["workerGroupSpecs"][0]
+    assert workers["maxReplicas"] > workers["minReplicas"]
+    assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
