@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.metrics import IngressMetrics
 from deployments.replicas import ReplicaResult
+from service.auth import authorized, load_api_keys
 from service.cards import ModelCard
 from service.errors import DeadlineExceeded, GenserveError, InvalidRequest, ModelNotFound, Overloaded
 from service.schemas import (
@@ -91,6 +92,26 @@ class _TooLarge(Exception):
     pass
 
 
+OPEN_PATHS = ("/healthz", "/readyz")
+
+
+class BearerAuth:
+    """401 with no detail for requests without a valid bearer token; health checks stay open."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.keys = load_api_keys()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.keys and scope["path"] not in OPEN_PATHS:
+            header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1") or None
+            if not authorized(header, self.keys):
+                resp = error_response(401, "unauthorized", "unauthorized", headers={"WWW-Authenticate": "Bearer"})
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def json_depth(value: Any, depth: int = 0) -> int:
     if depth > MAX_JSON_DEPTH:
         return depth
@@ -137,6 +158,7 @@ app = FastAPI(
     version="0.1.0",
 )
 app.add_middleware(BodyLimit)
+app.add_middleware(BearerAuth)  # added last, so it runs first
 
 
 @app.exception_handler(RequestValidationError)

@@ -35,7 +35,8 @@ evaluation classifier (`exported/_evaluation/classifier.onnx`). FID; precision a
 (Kynkaanniemi et al. 2019, k = 3); label accuracy is the share of images the classifier gives
 the requested label. The floor row compares 1,000 training digits with the held-out digits; its
 label accuracy is the classifier's own accuracy on the held-out digits.
-Diffusion settings are `sampler-steps` (guidance 1, plain conditional) and `-cfg2` (guidance 2).
+Diffusion settings are `sampler-steps` (guidance 1, plain conditional sampling) and `-cfgW`
+(classifier-free guidance scale W, two network rows per image).
 
 """
 EVAL_SEED = 1234
@@ -58,6 +59,7 @@ DIFFUSION_SETTINGS = (
     Setting("ddim-20", "ddim", 20),
     Setting("ddim-50", "ddim", 50),
     Setting("ddpm-1000", "ddpm", 1000),
+    Setting("dpmpp_2m-20-cfg1.5", "dpmpp_2m", 20, 1.5),
     Setting("dpmpp_2m-20-cfg2", "dpmpp_2m", 20, 2.0),
 )
 LATENT_SETTINGS = (Setting("default"),)

@@ -65,3 +65,11 @@ def test_rayservice_mirrors_serve_config_and_puts_gpus_on_workers() -> None:
     workers = cluster["workerGroupSpecs"][0]
     assert workers["maxReplicas"] > workers["minReplicas"]
     assert workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_auth_is_on_in_compose_and_on_the_cluster() -> None:
+    head_env = compose()["services"]["ray-head"]["environment"]
+    assert head_env["GENSERVE_API_KEYS"].startswith("${GENSERVE_API_KEYS:?")
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    env = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "GENSERVE_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "genserve-api-keys", "key": "keys"}}} in env

@@ -1,0 +1,26 @@
+"""Bearer-token checks and key loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.auth import authorized, load_api_keys
+
+
+def test_no_keys_means_auth_is_off() -> None:
+    assert authorized(None, []) and authorized("Bearer anything", [])
+
+
+def test_only_a_configured_bearer_token_passes() -> None:
+    keys = ["alpha-key", "beta-key"]
+    assert authorized("Bearer beta-key", keys)
+    for bad in (None, "", "beta-key", "Bearer beta-ke", "Bearer beta-key2", "Basic YWxwaGE6", "bearer alpha-key"):
+        assert not authorized(bad, keys), bad
+
+
+def test_keys_come_from_the_environment_and_a_secrets_file(tmp_path: Path) -> None:
+    secrets = tmp_path / "keys"
+    secrets.write_text("# one per line\nfile-key\n\n")
+    keys = load_api_keys({"GENSERVE_API_KEYS": " env-a, env-b ,", "GENSERVE_API_KEYS_FILE": str(secrets)})
+    assert keys == ["env-a", "env-b", "file-key"]
+    assert load_api_keys({}) == []
