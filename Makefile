@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 SERVE_VENV := .venv-serve
 
-.PHONY: test serve lint typecheck bench-core clean
+.PHONY: test serve lint typecheck bench-core loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,15 @@ serve: $(SERVE_VENV)/.installed
 
 bench-core: $(VENV)/.installed
 	$(VENV)/bin/python loadtests/bench_core.py --out docs/bench-core.md
+
+# A short headless Locust run against a running `make serve` (override HOST, USERS, TIME).
+HOST ?= http://127.0.0.1:8000
+USERS ?= 8
+TIME ?= 30s
+loadtest: $(VENV)/.installed
+	mkdir -p loadtests/results
+	$(VENV)/bin/locust -f loadtests/locustfile.py --host $(HOST) --headless -u $(USERS) -r $(USERS) -t $(TIME) \
+		--csv loadtests/results/mixed --only-summary GanUser VaeUser DiffusionMixedUser
 
 clean:
 	rm -rf $(VENV) $(SERVE_VENV) *.egg-info

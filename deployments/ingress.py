@@ -251,7 +251,7 @@ class Ingress:
             self.metrics.error(name if name in self.cards else "unknown", e.reason)
             return from_error(e)
         if result.error_reason is not None:
-            status = {"overloaded": 503, "deadline_exceeded": 504, "cancelled": 499}.get(result.error_reason, 500)
+            status = {"overloaded": 503, "deadline_exceeded": 504}.get(result.error_reason, 500)
             headers = {"Retry-After": str(max(1, round(result.retry_after or 1)))} if status == 503 else None
             return error_response(status, result.error_reason, result.error_message, None, headers)
         images = [

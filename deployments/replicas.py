@@ -8,6 +8,7 @@ PNG encoding happens here, in a worker thread, not in the ingress.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +125,7 @@ class DiffusionReplica:
         self.metrics.queue_depth(self.scheduler.queued_lanes)
 
     async def generate(self, job: DiffusionJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
-        job = DiffusionJob(**{**job.__dict__, "deadline": time.monotonic() + timeout_s})
+        job = dataclasses.replace(job, deadline=time.monotonic() + timeout_s)
         try:
             result = await self.scheduler.submit(job)
         except GenserveError as e:

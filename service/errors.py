@@ -43,13 +43,6 @@ class DeadlineExceeded(GenserveError):
     reason = "deadline_exceeded"
 
 
-class Cancelled(GenserveError):
-    """The client went away; its lanes were dropped."""
-
-    status = 499
-    reason = "cancelled"
-
-
 class ModelLoadError(GenserveError):
     """A model folder could not be loaded: the message names the file and what is wrong."""
 

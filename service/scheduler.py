@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import Cancelled, DeadlineExceeded, GenserveError, Overloaded
+from service.errors import DeadlineExceeded, GenserveError, Overloaded
 from service.generators import image_rng, resolve_label
 from service.registry import LoadedModel
 from service.samplers import SamplerName, SamplerPlan, make_plan, x0_from_output
@@ -142,7 +142,7 @@ class StepScheduler:
         try:
             return await req.future
         except asyncio.CancelledError:
-            self._drop(req, Cancelled("client cancelled the request"))
+            self._drop(req, None)
             raise
 
     def _add_lanes(self, req: _Request) -> None:
@@ -163,9 +163,14 @@ class StepScheduler:
         if self._loop_task is None or self._loop_task.done():
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
-    def _drop(self, req: _Request, error: GenserveError) -> None:
+    def _drop(self, req: _Request, error: GenserveError | None) -> None:
+        """Removes the request's lanes; fails its future with `error`, or cancels it (None)."""
         self._lanes = [lane for lane in self._lanes if lane.request is not req]
-        if not req.future.done():
+        if req.future.done():
+            return
+        if error is None:
+            req.future.cancel()
+        else:
             req.future.set_exception(error)
 
     def _expire(self, now: float) -> None:

@@ -72,4 +72,7 @@ def test_auth_is_on_in_compose_and_on_the_cluster() -> None:
     assert head_env["GENSERVE_API_KEYS"].startswith("${GENSERVE_API_KEYS:?")
     manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
     env = manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
-    assert {"name": "GENSERVE_API_KEYS", "valueFrom": {"secretKeyRef": {"name": "genserve-api-keys", "key": "keys"}}} in env
+    assert {
+        "name": "GENSERVE_API_KEYS",
+        "valueFrom": {"secretKeyRef": {"name": "genserve-api-keys", "key": "keys"}},
+    } in env
