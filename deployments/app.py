@@ -27,8 +27,15 @@ def model_deployment_name(model: str) -> str:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """The genserve application for every valid model card in the model directory."""
-    settings = Settings(**(args or {}))
+    """The genserve application for every valid model card in the model directory.
+
+    `args` holds `Settings` fields, and optionally `deployment_options`: deployment name ->
+    options for `.options()` (num_gpus, autoscaling_config, ...), the programmatic twin of the
+    YAML's per-deployment overrides.
+    """
+    args = dict(args or {})
+    overrides: dict[str, dict[str, Any]] = args.pop("deployment_options", {})
+    settings = Settings(**args)
     cards, broken = load_cards(settings.model_dir)
     handles = {}
     for name, card in cards.items():
@@ -45,6 +52,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             max_queued_requests=512,
             user_config=user_config,
         )(cls)
+        if model_deployment_name(name) in overrides:
+            deployment = deployment.options(**overrides[model_deployment_name(name)])
         handles[name] = deployment.bind(str(settings.model_dir.resolve()), name, settings.device, settings.ort_threads)
     ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": INGRESS_CPUS}, max_ongoing_requests=512)(
         Ingress

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import serve
 
 from deployments.metrics import ModelMetrics
@@ -47,6 +48,11 @@ def _load(model_dir: str, name: str, device: Device, threads: int) -> LoadedMode
     return load_model(Path(model_dir) / name, device=device, intra_op_threads=threads)
 
 
+def ready_info(model: LoadedModel) -> dict[str, str]:
+    """What a readiness probe learns: the model, its ONNX provider, and the Ray node it runs on."""
+    return {"model": model.name, "provider": model.onnx.provider, "node_id": ray.get_runtime_context().get_node_id()}
+
+
 class LatentModelReplica:
     """GAN or VAE: requests are batched by `@serve.batch`, counting images, not requests."""
 
@@ -61,8 +67,8 @@ class LatentModelReplica:
         batcher.set_max_batch_size(int(config.get("max_batch_images", 64)))
         batcher.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
 
-    def ready(self) -> str:
-        return self.model.name
+    def ready(self) -> dict[str, str]:
+        return ready_info(self.model)
 
     async def generate(self, job: LatentJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
         self.in_flight += job.n
@@ -117,8 +123,8 @@ class DiffusionReplica:
         self.scheduler.max_batch = int(config.get("max_batch", 64))
         self.scheduler.max_queued_lanes = int(config.get("max_queued_images", 1024))
 
-    def ready(self) -> str:
-        return self.model.name
+    def ready(self) -> dict[str, str]:
+        return ready_info(self.model)
 
     def _on_step(self, stats: StepStats) -> None:
         self.metrics.network_call(stats)

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from service.generators import LatentJob, generate_latent
 from service.registry import LoadedModel, load_model
 from service.scheduler import DiffusionJob, StepScheduler
@@ -61,7 +59,13 @@ def torch_rates(family: str, batches: tuple[int, ...], threads: int, seconds: fl
                 net: torch.nn.Module = nets.UNet().eval()
                 x, t = torch.randn(b, 1, 28, 28), torch.full((b,), 500.0)
 
-                def call(net: torch.nn.Module = net, x: torch.Tensor = x, t: torch.Tensor = t, b: int = b, label: torch.Tensor = label) -> int:
+                def call(
+                    net: torch.nn.Module = net,
+                    x: torch.Tensor = x,
+                    t: torch.Tensor = t,
+                    b: int = b,
+                    label: torch.Tensor = label,
+                ) -> int:
                     for _ in range(DIFFUSION_STEPS):
                         net(x, t, label)
                     return b
@@ -70,7 +74,9 @@ def torch_rates(family: str, batches: tuple[int, ...], threads: int, seconds: fl
                 net = (nets.GanGenerator() if family == "gan" else nets.VaeDecoder()).eval()
                 z = torch.randn(b, net.z_dim)  # type: ignore[arg-type]
 
-                def call(net: torch.nn.Module = net, z: torch.Tensor = z, b: int = b, label: torch.Tensor = label) -> int:
+                def call(
+                    net: torch.nn.Module = net, z: torch.Tensor = z, b: int = b, label: torch.Tensor = label
+                ) -> int:
                     net(z, label)
                     return b
 

@@ -22,7 +22,9 @@ class _GenserveUser(HttpUser):
     wait_time = between(0.05, 0.2)
 
     def generate(self, model: str, body: dict[str, object], name: str) -> None:
-        with self.client.post(f"/v1/models/{model}/generate", json=body, headers=HEADERS, name=name, catch_response=True) as r:
+        with self.client.post(
+            f"/v1/models/{model}/generate", json=body, headers=HEADERS, name=name, catch_response=True
+        ) as r:
             if r.status_code == 200 and len(r.json()["images"]) == body.get("n", 1):
                 r.success()
             elif r.status_code == 503:
@@ -55,11 +57,15 @@ class DiffusionMixedUser(_GenserveUser):
 
     @task(4)
     def ten(self) -> None:
-        self.generate("diffusion", {"n": 1, "steps": 10, "sampler": "dpmpp_2m", "label": random.randrange(10)}, "diffusion 10")
+        self.generate(
+            "diffusion", {"n": 1, "steps": 10, "sampler": "dpmpp_2m", "label": random.randrange(10)}, "diffusion 10"
+        )
 
     @task(3)
     def twenty(self) -> None:
-        self.generate("diffusion", {"n": 1, "steps": 20, "sampler": "ddim", "label": random.randrange(10)}, "diffusion 20")
+        self.generate(
+            "diffusion", {"n": 1, "steps": 20, "sampler": "ddim", "label": random.randrange(10)}, "diffusion 20"
+        )
 
     @task(2)
     def fifty(self) -> None:
