@@ -209,6 +209,15 @@ def update_card(folder: Path, results: dict[str, Quality], floor_q: Quality) -> 
     path.write_text(json.dumps(card, indent=2) + "\n")
 
 
+def write_reports(folder: Path) -> None:
+    """report.json and report.md from everything measured so far (the card's `quality`)."""
+    measured = dict(json.loads((folder / "model.json").read_text())["quality"])
+    (folder / "report.json").write_text(json.dumps(measured, indent=2) + "\n")
+    floor_q = quality_from_dict(measured.pop("floor"))
+    table = markdown_table({folder.name: {k: quality_from_dict(v) for k, v in measured.items()}}, floor_q)
+    (folder / "report.md").write_text(f"# {folder.name}: sample quality\n\n{REPORT_HEAD.split(chr(10), 2)[2]}{table}\n")
+
+
 def run_eval(model_dir: Path, names: list[str], threads: int, settings: list[str] | None, report: Path) -> str:
     """Evaluates `names`, updates their cards and per-model reports, and writes the combined report."""
     features = FeatureNet(model_dir / CLASSIFIER, threads)
@@ -218,9 +227,7 @@ def run_eval(model_dir: Path, names: list[str], threads: int, settings: list[str
         results = evaluate_model(model_dir, name, features, real, threads, settings)
         all_results[name] = results
         update_card(model_dir / name, results, floor_q)
-        body = {"floor": floor_q.as_dict(), **{k: q.as_dict() for k, q in results.items()}}
-        (model_dir / name / "report.json").write_text(json.dumps(body, indent=2) + "\n")
-        (model_dir / name / "report.md").write_text(f"# {name}: sample quality\n\n{markdown_table({name: results}, floor_q)}\n")
+        write_reports(model_dir / name)
     table = table_from_cards(model_dir)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(REPORT_HEAD + table + "\n")
