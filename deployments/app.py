@@ -14,7 +14,7 @@ from ray.serve import Application
 
 from deployments.ingress import Ingress
 from deployments.replicas import REPLICA_CLASSES
-from service.registry import load_cards
+from service.registry import check_models
 from service.settings import Settings
 
 # Defaults for a CPU machine: fractional CPUs so that every replica fits on 2 cores.
@@ -27,7 +27,7 @@ def model_deployment_name(model: str) -> str:
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    """The genserve application for every valid model card in the model directory.
+    """The genserve application for every healthy model folder in the model directory.
 
     `args` holds `Settings` fields, and optionally `deployment_options`: deployment name ->
     options for `.options()` (num_gpus, autoscaling_config, ...), the programmatic twin of the
@@ -36,7 +36,8 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     args = dict(args or {})
     overrides: dict[str, dict[str, Any]] = args.pop("deployment_options", {})
     settings = Settings(**args)
-    cards, broken = load_cards(settings.model_dir)
+    # A broken model folder is left out and reported by /readyz; the healthy ones are served.
+    cards, broken = check_models(settings.model_dir)
     handles = {}
     for name, card in cards.items():
         cls = REPLICA_CLASSES[card.family]

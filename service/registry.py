@@ -69,3 +69,19 @@ def load_cards(model_dir: Path) -> tuple[dict[str, ModelCard], dict[str, str]]:
         except ModelLoadError as e:
             broken[folder.name] = e.message
     return cards, broken
+
+
+def check_models(model_dir: Path) -> tuple[dict[str, ModelCard], dict[str, str]]:
+    """Loads every model folder once, as a replica would (card, ONNX file, card against graph).
+
+    Returns the cards of the healthy models and, for each broken folder, the message naming the
+    file at fault. The server serves the healthy ones and reports the broken ones as not ready.
+    """
+    cards, broken = load_cards(model_dir)
+    for name in list(cards):
+        try:
+            load_model(model_dir / name, device="cpu", intra_op_threads=1)
+        except ModelLoadError as e:
+            broken[name] = e.message
+            del cards[name]
+    return cards, broken

@@ -43,3 +43,20 @@ def test_build_app_makes_one_deployment_per_model(tiny_model_dir: Path) -> None:
 def test_json_depth_counts_nesting() -> None:
     assert json_depth({"n": 1}) == 1
     assert json_depth({"n": {"a": [1]}}) == 3
+
+
+def test_broken_model_folders_are_left_out_and_reported(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    for name in ("tiny-gan", "tiny-vae", "tiny-diffusion"):
+        shutil.copytree(tiny_model_dir / name, tmp_path / name)
+    (tmp_path / "tiny-vae" / "model.onnx").write_bytes(b"not an onnx file")
+    card = json.loads((tmp_path / "tiny-diffusion" / "model.json").read_text())
+    card["onnx"]["inputs"]["timestep"] = "time"
+    (tmp_path / "tiny-diffusion" / "model.json").write_text(json.dumps(card))
+    app = build_app({"model_dir": str(tmp_path)})
+    handles, cards, broken = app._bound_deployment.init_args[:3]
+    assert set(handles) == set(cards) == {"tiny-gan"}
+    assert "tiny-vae/model.onnx: ONNX Runtime cannot load it" in broken["tiny-vae"]
+    assert "input 'time' (role timestep) is not in the graph" in broken["tiny-diffusion"]
