@@ -21,6 +21,7 @@ $(SERVE_VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
+	bash scripts/ensure_prometheus.sh
 	$(VENV)/bin/ruff check service deployments training tests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
