@@ -99,7 +99,7 @@ def _card(name: str, family: str, description: str, steps: int, **extra: Any) ->
         "provenance": {
             "data": DATA,
             "training_steps": steps,
-            "command": f"genserve train {family} && genserve export {family} && genserve eval {name}",
+            "command": f"genserve train {family} --steps {steps} && genserve export {family} && genserve eval {name}",
         },
         "quality": {},
     }
