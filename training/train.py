@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -24,7 +23,13 @@ from training import nets
 from training.data import load_split
 
 CHECKPOINT_DIR = Path("checkpoints")
-DIFFUSION_SCHEDULE = {"beta_schedule": "linear", "num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+# The noise schedule the diffusion model trains with; export writes it into the card.
+DIFFUSION_SCHEDULE: dict[str, Any] = {
+    "beta_schedule": "linear",
+    "num_train_timesteps": 1000,
+    "beta_start": 1e-4,
+    "beta_end": 0.02,
+}
 
 
 @dataclass
@@ -139,7 +144,7 @@ def train_diffusion(cfg: TrainConfig) -> Trainer:
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     trainer = Trainer(cfg, {"model": model, "ema": ema}, {"opt": opt})
-    abar = torch.from_numpy(alphas_cumprod_for(betas_for("linear", 1000, 1e-4, 0.02))).float()
+    abar = torch.from_numpy(alphas_cumprod_for(betas_for(*DIFFUSION_SCHEDULE.values()))).float()
     T = len(abar)
 
     def step(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
@@ -256,8 +261,3 @@ def default_config(family: str, **overrides: Any) -> TrainConfig:
     kwargs: dict[str, Any] = {"family": family, "steps": steps, "batch_size": batch, "lr": lr}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**kwargs)
-
-
-def seed_everything(seed: int) -> None:
-    np.random.seed(seed)
-    torch.manual_seed(seed)
