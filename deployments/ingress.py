@@ -250,10 +250,9 @@ class Ingress:
             # Only served model names become label values, so the label set stays bounded.
             self.metrics.error(name if name in self.cards else "unknown", e.reason)
             return from_error(e)
-        if result.error_reason is not None:
-            status = {"overloaded": 503, "deadline_exceeded": 504}.get(result.error_reason, 500)
-            headers = {"Retry-After": str(max(1, round(result.retry_after or 1)))} if status == 503 else None
-            return error_response(status, result.error_reason, result.error_message, None, headers)
+        failure = result.error()
+        if failure is not None:
+            return from_error(failure)
         images = [
             GeneratedImage(png_base64=base64.b64encode(p).decode("ascii"), seed=job.seed, index=i)
             for i, p in enumerate(result.pngs)

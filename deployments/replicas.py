@@ -18,7 +18,7 @@ import ray
 from ray import serve
 
 from deployments.metrics import ModelMetrics
-from service.errors import DeadlineExceeded, GenserveError
+from service.errors import DeadlineExceeded, GenserveError, Overloaded
 from service.generators import LatentJob, generate_latent
 from service.images import encode_pngs
 from service.registry import LoadedModel, load_model
@@ -42,6 +42,16 @@ class ReplicaResult:
     @classmethod
     def failed(cls, e: GenserveError) -> ReplicaResult:
         return cls([], error_reason=e.reason, error_message=e.message, retry_after=getattr(e, "retry_after", None))
+
+    def error(self) -> GenserveError | None:
+        """The error this result carries, rebuilt as its own class (so its HTTP status), or None."""
+        if self.error_reason is None:
+            return None
+        if self.error_reason == Overloaded.reason:
+            return Overloaded(self.error_message, retry_after=self.retry_after or 1.0)
+        if self.error_reason == DeadlineExceeded.reason:
+            return DeadlineExceeded(self.error_message)
+        return GenserveError(self.error_message)
 
 
 def _load(model_dir: str, name: str, device: Device, threads: int) -> LoadedModel:
@@ -139,7 +149,6 @@ class DiffusionReplica:
             return ReplicaResult.failed(e)
         except asyncio.CancelledError:
             self.metrics.request_failed("cancelled")
-            self.metrics.queue_depth(self.scheduler.queued_lanes)
             raise
         finally:
             self.metrics.queue_depth(self.scheduler.queued_lanes)

@@ -60,3 +60,19 @@ def test_broken_model_folders_are_left_out_and_reported(tiny_model_dir: Path, tm
     assert set(handles) == set(cards) == {"tiny-gan"}
     assert "tiny-vae/model.onnx: ONNX Runtime cannot load it" in broken["tiny-vae"]
     assert "input 'time' (role timestep) is not in the graph" in broken["tiny-diffusion"]
+
+
+def test_replica_errors_come_back_with_their_status_and_retry_after() -> None:
+    from deployments.ingress import from_error
+    from deployments.replicas import ReplicaResult
+    from service.errors import DeadlineExceeded, GenserveError, Overloaded
+
+    busy = ReplicaResult.failed(Overloaded("queue full", retry_after=2.4)).error()
+    assert busy is not None
+    resp = from_error(busy)
+    assert resp.status_code == 503 and resp.headers["retry-after"] == "2"
+    late = ReplicaResult.failed(DeadlineExceeded("too slow")).error()
+    assert late is not None and from_error(late).status_code == 504
+    broken = ReplicaResult.failed(GenserveError("network call failed")).error()
+    assert broken is not None and from_error(broken).status_code == 500
+    assert ReplicaResult([b"png"]).error() is None
