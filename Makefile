@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 SERVE_VENV := .venv-serve
 
-.PHONY: test serve lint typecheck bench-core loadtest clean
+.PHONY: test serve lint typecheck bench bench-core chaos loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,24 @@ typecheck: $(VENV)/.installed
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m deployments.run
 
+# PyTriton's Python-backend stub links the system libpython, so its environment is built from
+# Debian's python3 (not a python built elsewhere); onnxruntime (CPU) lives only in this venv.
+PYTRITON_VENV := .venv-pytriton
+SYSTEM_PYTHON ?= /usr/bin/python3
+$(PYTRITON_VENV)/.installed:
+	$(SYSTEM_PYTHON) -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/pip install -q nvidia-pytriton onnxruntime numpy pillow pydantic pydantic-settings
+	touch $@
+
+# The side-by-side benchmark (about 25 minutes here): docs/benchmarks.{json,md}.
+bench: $(VENV)/.installed $(PYTRITON_VENV)/.installed
+	$(VENV)/bin/python -m loadtests.bench --json docs/benchmarks.json --out docs/benchmarks.md
+
+# Overload at 3x saturation for 2 minutes, replica / ingress / worker-node kills under load and an
+# abandoned request (about 8 minutes here): docs/reliability.{json,md}.
+chaos: $(VENV)/.installed
+	$(VENV)/bin/python -m loadtests.chaos --node-loss --json docs/reliability.json --out docs/reliability.md
+
 bench-core: $(VENV)/.installed
 	$(VENV)/bin/python loadtests/bench_core.py --out docs/bench-core.md
 
@@ -49,4 +67,4 @@ loadtest: $(VENV)/.installed
 		--csv loadtests/results/mixed --only-summary GanUser VaeUser DiffusionMixedUser
 
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) $(PYTRITON_VENV) *.egg-info

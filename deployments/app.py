@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve import Application
 
 from deployments.ingress import Ingress
-from deployments.replicas import REPLICA_CLASSES
+from deployments.replicas import REPLICA_CLASSES, ReplicaClass
 from service.registry import check_models
 from service.settings import Settings
 
@@ -26,13 +26,17 @@ def model_deployment_name(model: str) -> str:
     return f"model-{model}"
 
 
-def build_app(args: dict[str, Any] | None = None) -> Application:
+def build_app(
+    args: dict[str, Any] | None = None, replica_classes: dict[str, type[ReplicaClass]] | None = None
+) -> Application:
     """The genserve application for every healthy model folder in the model directory.
 
     `args` holds `Settings` fields, and optionally `deployment_options`: deployment name ->
     options for `.options()` (num_gpus, autoscaling_config, ...), the programmatic twin of the
-    YAML's per-deployment overrides.
+    YAML's per-deployment overrides. `replica_classes` (family -> class) swaps a family's
+    replica class; the benchmark's comparison variants use it.
     """
+    classes = {**REPLICA_CLASSES, **(replica_classes or {})}
     args = dict(args or {})
     overrides: dict[str, dict[str, Any]] = args.pop("deployment_options", {})
     settings = Settings(**args)
@@ -40,7 +44,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     cards, broken = check_models(settings.model_dir)
     handles = {}
     for name, card in cards.items():
-        cls = REPLICA_CLASSES[card.family]
+        cls = classes[card.family]
         user_config: dict[str, Any] = (
             {"max_batch": settings.max_batch, "max_queued_images": settings.max_queued_images}
             if card.family == "diffusion"

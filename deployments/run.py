@@ -14,6 +14,7 @@ import urllib.request
 
 import ray
 from ray import serve
+from ray.serve import Application
 
 from deployments.app import build_app
 
@@ -37,13 +38,35 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, object]:
     raise RuntimeError(f"genserve not ready after {timeout_s:.0f}s: {last}")
 
 
-# On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report ready,
-# and the controller then kills and restarts it in a loop. Workers inherit these from the driver.
-RAY_ENV_DEFAULTS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
+# Workers inherit these from the driver (set them in the environment to override):
+# - On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report ready,
+#   and the controller then kills and restarts it in a loop.
+# - Serve's throughput mode: the ingress replica answers HTTP itself (no separate proxy hop),
+#   replicas talk gRPC, user code runs on the replica's own event loop. On this 2-core machine it
+#   raised the empty-deployment ceiling and GAN requests/s (docs/benchmarks.md).
+RAY_ENV_DEFAULTS = {
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+}
 
 
-def start(model_dir: str, host: str, port: int, metrics_port: int, dashboard_port: int = 8265) -> str:
-    """Starts Ray and the app; returns the base URL.
+def deploy(app: Application, access_log: bool = False) -> None:
+    """Runs (or replaces) the genserve application on the running Serve instance."""
+    logging = {"enable_access_log": access_log}
+    serve.run(app, name="genserve", route_prefix="/", blocking=False, logging_config=logging)
+
+
+def start(
+    model_dir: str,
+    host: str,
+    port: int,
+    metrics_port: int,
+    dashboard_port: int = 8265,
+    app: Application | None = None,
+    access_log: bool = False,
+) -> str:
+    """Starts Ray and the app (`build_app` on `model_dir` unless `app` is given); returns the base URL.
 
     Ray's dashboard (on loopback) also writes the Prometheus service-discovery file that
     `monitoring/prometheus.yml` reads.
@@ -58,8 +81,8 @@ def start(model_dir: str, host: str, port: int, metrics_port: int, dashboard_por
         _node_ip_address="127.0.0.1",
         configure_logging=False,
     )
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app({"model_dir": model_dir}), name="genserve", route_prefix="/", blocking=False)
+    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": access_log})
+    deploy(app or build_app({"model_dir": model_dir}), access_log)
     url = f"http://{host}:{port}"
     wait_ready(url)
     return url
@@ -72,8 +95,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8080, help="Ray's Prometheus metrics export port")
     parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard (loopback only)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs CPU per request)")
     args = parser.parse_args()
-    url = start(args.model_dir, args.host, args.port, args.metrics_port, args.dashboard_port)
+    url = start(args.model_dir, args.host, args.port, args.metrics_port, args.dashboard_port, access_log=args.access_log)
     print(f"\ngenserve is ready at {url} (OpenAPI: {url}/docs, metrics: http://127.0.0.1:{args.metrics_port}/metrics)")
     print("Try:\n")
     print(

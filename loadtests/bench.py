@@ -1,0 +1,484 @@
+"""`make bench`: genserve against what users would run instead, side by side in one run.
+
+Starts each server in turn on this machine and drives the same workloads at each:
+a closed loop at concurrency 32 for saturation throughput, then open-loop Poisson arrivals at
+a ladder of rates for latency at equal offered load. Peers:
+
+- plain:     FastAPI + ONNX Runtime, one network call per request (`loadtests/baseline_server.py`)
+- triton:    the same models behind Triton's dynamic batcher via PyTriton (`loadtests/triton_server.py`),
+             when `.venv-pytriton` exists (`make bench` builds it)
+- genserve:  the app `make serve` runs
+- nobatch:   genserve with batching off (max batch 1)
+- reqlevel:  genserve with request-level diffusion batching (`loadtests/variants.py`)
+- empty:     genserve's route shape with no model work, and plain uvicorn likewise: the stack ceilings
+
+Also measured in the same run: the in-process library at the HTTP requests' batch size (the
+serving overhead), this machine's matrix-multiply peak and the diffusion network's FLOPs (how
+close serving gets to the compute limit). Writes JSON and markdown.
+
+    python -m loadtests.bench --json docs/benchmarks.json --out docs/benchmarks.md [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtests.loadgen import Call, Outcome, Summary, closed_loop, count_images, open_loop, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+MIXED_STEPS = (10, 20, 50, 200)
+CONCURRENCY = 32
+ORT_THREADS = 2  # this machine's cores; every peer gets the same
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: str
+    n: int
+    steps: tuple[int, ...] = ()  # diffusion: drawn uniformly per request
+    rates: tuple[float, ...] = ()  # open-loop requests/s
+    about: str = ""
+    seconds: float | None = None  # per point, when the default is too short for this mix
+
+    def request(self, rng: Any) -> tuple[dict[str, Any], str]:
+        body: dict[str, Any] = {"n": self.n, "label": rng.randrange(10), "seed": rng.randrange(2**31)}
+        tag = ""
+        if self.steps:
+            body["steps"] = rng.choice(self.steps)
+            tag = str(body["steps"])
+        return body, tag
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("gan-1", "gan", 1, rates=(25, 50, 100), about="GAN, 1 image per request (stack-bound)"),
+        Workload("gan-8", "gan", 8, rates=(10, 25, 50), about="GAN, 8 images per request"),
+        Workload(
+            "diffusion-20", "diffusion", 1, (20,), rates=(5, 10, 15), about="diffusion, 1 image, 20 DPM-Solver++ steps"
+        ),
+        Workload(
+            "mixed",
+            "diffusion",
+            1,
+            MIXED_STEPS,
+            rates=(2.0, 4.0),
+            about="diffusion, 1 image, 10/20/50/200 steps mixed (a 200-step image takes seconds: longer points)",
+            seconds=40.0,
+        ),
+    )
+}
+
+
+def genserve_call(w: Workload) -> Callable[[Any], Call]:
+    def make(rng: Any) -> Call:
+        body, tag = w.request(rng)
+        return Call(f"/v1/models/{w.model}/generate", body, w.n, tag)
+
+    return make
+
+
+def triton_call(w: Workload) -> Callable[[Any], Call]:
+    def make(rng: Any) -> Call:
+        body, tag = w.request(rng)
+        rows = [body["seed"] + i for i in range(w.n)]
+
+        def tensor(name: str, values: list[int]) -> dict[str, Any]:
+            return {"name": name, "shape": [len(values), 1], "datatype": "INT64", "data": values}
+
+        inputs = [tensor("seed", rows), tensor("label", [body["label"]] * w.n)]
+        if w.steps:
+            inputs.append(tensor("steps", [body["steps"]] * w.n))
+        return Call(f"/v2/models/{w.model}/infer", {"inputs": inputs}, w.n, tag)
+
+    return make
+
+
+def triton_images(body: dict[str, Any]) -> int:
+    outputs = body.get("outputs") or [{}]
+    return len(outputs[0].get("data", []))
+
+
+@dataclass
+class Peer:
+    name: str
+    about: str
+    workloads: tuple[str, ...]
+    kind: str = "genserve"  # request shape: genserve or triton
+    saturation_only: bool = False
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+@contextmanager
+def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    log = open(ROOT / "loadtests" / "results" / f"{Path(cmd[-1]).name}-{int(time.time())}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        wait_http(ready_url)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def tag_summaries(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
+    return {t: summarize(outcomes, t).as_dict() for t in sorted({o.tag for o in outcomes if o.tag}, key=int)}
+
+
+def process_label(p: Any) -> str:
+    """A short name for a process on this machine: Ray's actor titles, or the command."""
+    try:
+        title = " ".join(p.cmdline())
+    except Exception:
+        return "gone"
+    for key in (
+        "ServeReplica:genserve:",
+        "ServeController",
+        "ProxyActor",
+        "raylet",
+        "gcs_server",
+        "dashboard",
+        "tritonserver",
+        "triton_python_backend_stub",
+        "loadtests.bench",
+        "baseline_server",
+        "triton_server",
+    ):
+        if key in title:
+            if key == "ServeReplica:genserve:":
+                return title.split(key)[1].split()[0]
+            return key
+    return "other"
+
+
+def cpu_profile(fn: Callable[[], list[Outcome]]) -> tuple[list[Outcome], dict[str, float]]:
+    """Runs `fn` and returns CPU milliseconds per served request, per process kind on this machine."""
+    import psutil
+
+    def snapshot() -> dict[int, tuple[str, float]]:
+        snap = {}
+        for p in psutil.process_iter():
+            try:
+                t = p.cpu_times()
+                snap[p.pid] = (process_label(p), t.user + t.system)
+            except Exception:
+                continue
+        return snap
+
+    before = snapshot()
+    outcomes = fn()
+    after = snapshot()
+    served = max(1, sum(o.status == 200 for o in outcomes))
+    per: dict[str, float] = {}
+    for pid, (label, cpu) in after.items():
+        used = cpu - before.get(pid, (label, 0.0))[1]
+        if used > 0.01:
+            per[label] = per.get(label, 0.0) + used * 1000 / served
+    return outcomes, dict(sorted(per.items(), key=lambda kv: -kv[1]))
+
+
+def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
+    """Runs every workload of `peer` against `base`: warm-up, closed loop, open-loop ladder;
+    the closed loop also records CPU time per served request for each process on the machine."""
+    for wname in peer.workloads:
+        w = WORKLOADS[wname]
+        point_s = seconds if quick or w.seconds is None else w.seconds
+        make = triton_call(w) if peer.kind == "triton" else genserve_call(w)
+        images_of = triton_images if peer.kind == "triton" else count_images
+        asyncio.run(closed_loop(base, make, 4, 2.0 if quick else 5.0, seed=99, images_of=images_of))  # warm-up
+        saturate = closed_loop(base, make, CONCURRENCY, point_s, seed=1, images_of=images_of)
+        sat, profile = cpu_profile(functools.partial(asyncio.run, saturate))
+        entry: dict[str, Any] = {
+            "saturation": summarize(sat).as_dict(),
+            "saturation_tags": tag_summaries(sat),
+            "cpu_ms_per_request": profile,
+        }
+        print(f"  {peer.name:9s} {wname:13s} saturation {entry['saturation']['images_per_s']:8.1f} img/s", flush=True)
+        ladder = []
+        for rate in () if peer.saturation_only else w.rates:
+            out = asyncio.run(open_loop(base, make, rate, point_s, seed=2, images_of=images_of, timeout_s=120))
+            s = summarize(out)
+            ladder.append({"rate": rate, "summary": s.as_dict(), "tags": tag_summaries(out)})
+            print(
+                f"  {peer.name:9s} {wname:13s} {rate:6.1f} req/s offered: p99 {s.p99 or 0:.3f}s ok {s.ok}/{s.sent}",
+                flush=True,
+            )
+        entry["ladder"] = ladder
+        peer.results[wname] = entry
+
+
+def _library_once(model: Any, n: int) -> None:
+    """One request's work in process: n images (diffusion: 20 steps) and their PNGs."""
+    from service.generators import LatentJob, generate_latent
+    from service.images import encode_pngs
+    from service.scheduler import DiffusionJob, StepScheduler
+
+    async def sample() -> np.ndarray:
+        s = StepScheduler(model, max_batch=64)
+        res = await s.submit(DiffusionJob(seed=0, n=n, steps=20, label=3))
+        await s.close()
+        return res.images
+
+    if model.card.family == "diffusion":
+        images = asyncio.run(sample())
+    else:
+        images = generate_latent(model, [LatentJob(seed=0, n=n, label=3)])[0]
+    encode_pngs(images, model.card.image.value_range)
+
+
+def library_rates(batches: dict[str, int], seconds: float) -> dict[str, float]:
+    """Images/s of the in-process library (network + PNG encoding) at the HTTP requests' batch size."""
+    from service.registry import load_model
+
+    out = {}
+    for name, n in batches.items():
+        model = load_model(ROOT / "exported" / name, device="cpu", intra_op_threads=ORT_THREADS)
+        once = functools.partial(_library_once, model, n)
+        once()
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            once()
+            count += n
+        out[name] = count / (time.perf_counter() - t0)
+    return out
+
+
+def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, float]:
+    """Images/s over HTTP, one client, requests of the same batch size (no cross-request batching)."""
+    out = {}
+    for name, n in batches.items():
+        body = {"n": n, "label": 3, "seed": 0, **({"steps": 20} if name == "diffusion" else {})}
+        call = Call(f"/v1/models/{name}/generate", body, n)
+        asyncio.run(closed_loop(base, lambda _r, c=call: c, 1, 2.0))
+        out[name] = summarize(asyncio.run(closed_loop(base, lambda _r, c=call: c, 1, seconds))).images_per_s
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from deployments.app import build_app
+    from loadtests.flops import flops_per_row, matmul_peak
+    from loadtests.variants import empty_app, request_level_app
+
+    seconds = 3.0 if args.quick else args.seconds
+    (ROOT / "loadtests" / "results").mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "command": " ".join(["python -m loadtests.bench", *sys.argv[1:]]),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "settings": {"seconds_per_point": seconds, "concurrency": CONCURRENCY, "ort_threads": ORT_THREADS},
+        "workloads": {k: {"about": w.about, "rates": w.rates, "seconds": w.seconds} for k, w in WORKLOADS.items()},
+    }
+    print("matrix-multiply peak and network FLOPs", flush=True)
+    diff_feeds = {
+        "x": np.zeros((1, 1, 28, 28), np.float32),
+        "t": np.zeros(1, np.float32),
+        "label": np.zeros(1, np.int64),
+    }
+    report["compute"] = {
+        "matmul_gflops": matmul_peak(2.0 if args.quick else 6.0),
+        "diffusion_mflop_per_row": flops_per_row(ROOT / "exported/diffusion/model.onnx", diff_feeds) / 1e6,
+    }
+    overhead_batches = {"gan": 64, "diffusion": 16}
+    report["library_images_per_s"] = library_rates(overhead_batches, 2.0 if args.quick else 8.0)
+
+    peers: list[Peer] = []
+    py = sys.executable
+    plain = Peer("plain", "FastAPI + ONNX Runtime, no batching", ("gan-1", "gan-8", "diffusion-20", "mixed"))
+    print("plain FastAPI + ONNX Runtime", flush=True)
+    with process([py, "-m", "loadtests.baseline_server", "--port", "8100"], "http://127.0.0.1:8100/healthz"):
+        drive(plain, "http://127.0.0.1:8100", seconds, args.quick)
+    peers.append(plain)
+    plain_empty = Peer("plain-empty", "plain uvicorn + FastAPI, no model work", ("gan-1",), saturation_only=True)
+    with process([py, "-m", "loadtests.baseline_server", "--port", "8101", "--empty"], "http://127.0.0.1:8101/healthz"):
+        drive(plain_empty, "http://127.0.0.1:8101", seconds, args.quick)
+    peers.append(plain_empty)
+
+    triton_py = ROOT / ".venv-pytriton" / "bin" / "python"
+    if triton_py.exists() and not args.no_triton:
+        print("PyTriton (Triton dynamic batcher)", flush=True)
+        triton = Peer(
+            "triton", "Triton dynamic batcher via PyTriton", ("gan-1", "gan-8", "diffusion-20"), kind="triton"
+        )
+        cmd = [str(triton_py), "-m", "loadtests.triton_server", "--http-port", "8200", "--threads", str(ORT_THREADS)]
+        with process(cmd, "http://127.0.0.1:8200/v2/health/ready", {"PYTHONPATH": str(ROOT)}):
+            drive(triton, "http://127.0.0.1:8200", seconds, args.quick)
+        peers.append(triton)
+    else:
+        report["triton_skipped"] = "no .venv-pytriton (make bench builds it with Debian's python3)"
+
+    import ray
+    from ray import serve
+
+    from deployments.run import deploy, start, wait_ready
+
+    base_args = {"model_dir": str(ROOT / "exported"), "ort_threads": ORT_THREADS}
+    print("genserve (Ray Serve)", flush=True)
+    url = start(str(ROOT / "exported"), "127.0.0.1", 8300, 8301, 8302, app=build_app(base_args))
+    try:
+        gs = Peer("genserve", "genserve as `make serve` runs it", ("gan-1", "gan-8", "diffusion-20", "mixed"))
+        drive(gs, url, seconds, args.quick)
+        peers.append(gs)
+        report["http_images_per_s"] = http_rates(url, overhead_batches, 2.0 if args.quick else 8.0)
+        variants = [
+            (
+                Peer("nobatch", "genserve, max batch 1", ("gan-1", "gan-8", "diffusion-20")),
+                build_app({**base_args, "max_batch": 1}),
+            ),
+            (Peer("reqlevel", "genserve, request-level diffusion batching", ("mixed",)), request_level_app(base_args)),
+            (
+                Peer("empty", "genserve route shape, no model work", ("gan-1",), saturation_only=True),
+                empty_app(base_args),
+            ),
+        ]
+        for peer, app in variants:
+            print(f"genserve variant: {peer.name}", flush=True)
+            deploy(app)
+            wait_ready(url)
+            drive(peer, url, seconds, args.quick)
+            peers.append(peer)
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
+    report["peers"] = {p.name: {"about": p.about, "results": p.results} for p in peers}
+    report["ratios"] = ratios(report)
+    return report
+
+
+def _sat(report: dict[str, Any], peer: str, workload: str) -> Summary | None:
+    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    return Summary(**entry["saturation"]) if entry else None
+
+
+def _ladder_tag(
+    report: dict[str, Any], peer: str, workload: str, rate: float, tag: str | None
+) -> dict[str, Any] | None:
+    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    for point in entry["ladder"] if entry else []:
+        if point["rate"] == rate:
+            return point["tags"].get(tag) if tag else point["summary"]
+    return None
+
+
+def _step_rate(report: dict[str, Any], peer: str) -> float | None:
+    """Mixed workload at saturation: image-steps served per second (a 200-step image counts 20
+    times a 10-step one, so a server that finishes only the short requests gains nothing)."""
+    entry = report["peers"].get(peer, {}).get("results", {}).get("mixed")
+    if entry is None:
+        return None
+    return sum(int(tag) * s["images_per_s"] for tag, s in entry["saturation_tags"].items())
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """Every ratio the issue asks for; > 1 means genserve (or step-level) is better."""
+    out: dict[str, Any] = {}
+    for peer in ("plain", "nobatch", "triton"):
+        for w in ("gan-1", "gan-8", "diffusion-20", "mixed"):
+            mine, theirs = _sat(report, "genserve", w), _sat(report, peer, w)
+            if mine is None or theirs is None:
+                continue
+            p99 = {}
+            for rate in WORKLOADS[w].rates:
+                a, b = _ladder_tag(report, "genserve", w, rate, None), _ladder_tag(report, peer, w, rate, None)
+                if a and b:
+                    p99[str(rate)] = _div(b["p99"], a["p99"])  # > 1: genserve's p99 is lower
+            out[f"genserve/{peer}/{w}"] = {
+                "throughput": _div(mine.images_per_s, theirs.images_per_s),
+                "p99_lower_by": p99,
+            }
+    step, req = _step_rate(report, "genserve"), _step_rate(report, "reqlevel")
+    if step and req:
+        p50_10 = {}
+        p99_10 = {}
+        for rate in WORKLOADS["mixed"].rates:
+            a, b = (
+                _ladder_tag(report, "genserve", "mixed", rate, "10"),
+                _ladder_tag(report, "reqlevel", "mixed", rate, "10"),
+            )
+            if a and b:
+                p50_10[str(rate)] = _div(b["p50"], a["p50"])
+                p99_10[str(rate)] = _div(b["p99"], a["p99"])
+        out["step/request-level/mixed"] = {
+            "throughput": _div(step, req),
+            "p50_10_step_lower_by": p50_10,
+            "p99_10_step_lower_by": p99_10,
+        }
+    lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
+    out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
+    gan, empty, plain_empty = (
+        _sat(report, "genserve", "gan-1"),
+        _sat(report, "empty", "gan-1"),
+        _sat(report, "plain-empty", "gan-1"),
+    )
+    if gan and empty:
+        out["gan-1/stack-limit"] = _div(gan.requests_per_s, empty.requests_per_s)
+    if empty and plain_empty:
+        out["ray-stack/plain-stack"] = _div(empty.requests_per_s, plain_empty.requests_per_s)
+    diff = _sat(report, "genserve", "diffusion-20")
+    if diff:
+        rows_per_s = diff.images_per_s * 20  # guidance 1: one network row per image per step
+        achieved = rows_per_s * report["compute"]["diffusion_mflop_per_row"] / 1e3
+        peak = max(report["compute"]["matmul_gflops"].values())
+        out["diffusion_flops"] = {"achieved_gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks.json")
+    parser.add_argument("--out", type=Path, help="markdown report")
+    parser.add_argument("--seconds", type=float, default=12.0, help="seconds per measured point")
+    parser.add_argument("--quick", action="store_true", help="3 s points: checks the harness, not a measurement")
+    parser.add_argument("--no-triton", action="store_true")
+    args = parser.parse_args()
+    report = run(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    if args.out:
+        from loadtests.bench_report import markdown
+
+        args.out.write_text(markdown(report))
+    print(json.dumps(report["ratios"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Markdown for `make bench`'s JSON report (see loadtests/bench.py); every figure comes from the JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PEER_ORDER = ("genserve", "plain", "triton", "nobatch", "reqlevel", "empty", "plain-empty")
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _ms(x: float | None) -> str:
+    return "–" if x is None else f"{x * 1000:.0f}"
+
+
+def _met(value: float | None, target: float) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if value >= target else "**missed**"
+
+
+def _peers(report: dict[str, Any]) -> list[str]:
+    return [p for p in PEER_ORDER if p in report["peers"]]
+
+
+def targets(report: dict[str, Any]) -> list[str]:
+    r = report["ratios"]
+    rows = ["| target | measured | |", "|---|---|---|"]
+    for key, value in r.items():
+        if key.startswith("genserve/"):
+            _, peer, workload = key.split("/")
+            t = value["throughput"]
+            rows.append(
+                f"| images/s at saturation, genserve / {peer}, {workload}: >= 1.0 | {_f(t, 2)} | {_met(t, 1.0)} |"
+            )
+            worst = min((v for v in value["p99_lower_by"].values() if v is not None), default=None)
+            rows.append(
+                f"| p99 at equal offered load, {peer} / genserve (worst rate), {workload}: >= 1.0 | {_f(worst, 2)} | {_met(worst, 1.0)} |"
+            )
+    mixed = r.get("step/request-level/mixed")
+    if mixed:
+        rows.append(
+            f"| step-level / request-level throughput (image-steps/s), mixed: >= 1.5 | {_f(mixed['throughput'], 2)} | {_met(mixed['throughput'], 1.5)} |"
+        )
+        p50 = min((v for v in mixed["p50_10_step_lower_by"].values() if v is not None), default=None)
+        rows.append(f"| 10-step p50, request-level / step-level (worst rate): >= 3 | {_f(p50, 1)} | {_met(p50, 3.0)} |")
+    stack = r.get("gan-1/stack-limit")
+    rows.append(f"| GAN requests/s / empty-deployment requests/s: >= 0.8 | {_f(stack, 2)} | {_met(stack, 0.8)} |")
+    flops = r.get("diffusion_flops")
+    frac = flops["fraction_of_peak"] if flops else None
+    rows.append(f"| diffusion achieved FLOP/s / matmul peak: >= 0.5 | {_f(frac, 2)} | {_met(frac, 0.5)} |")
+    return rows
+
+
+def saturation(report: dict[str, Any]) -> list[str]:
+    peers = _peers(report)
+    rows = ["| workload | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
+    for w in report["workloads"]:
+        cells = []
+        for p in peers:
+            e = report["peers"][p]["results"].get(w)
+            if e is None:
+                cells.append("")
+                continue
+            s = e["saturation"]
+            bad = s["sent"] - s["ok"]
+            cells.append(
+                f"{_f(s['images_per_s'])} img/s ({_f(s['requests_per_s'])} req/s){f', {bad} failed' if bad else ''}"
+            )
+        rows.append(f"| {w} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def ladder(report: dict[str, Any], workload: str) -> list[str]:
+    peers = [p for p in _peers(report) if workload in report["peers"][p]["results"]]
+    rows = ["| offered req/s | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
+    for rate in report["workloads"][workload]["rates"]:
+        cells = []
+        for p in peers:
+            point = next((x for x in report["peers"][p]["results"][workload]["ladder"] if x["rate"] == rate), None)
+            if point is None:
+                cells.append("")
+                continue
+            s = point["summary"]
+            lost, sent = s["sent"] - s["ok"], s["sent"]
+            note = f" ({lost} of {sent} not 200)" if lost else ""
+            cells.append(f"{_ms(s['p50'])} / {_ms(s['p95'])} / {_ms(s['p99'])}{note}")
+        rows.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def mixed_tags(report: dict[str, Any]) -> list[str]:
+    peers = [p for p in _peers(report) if "mixed" in report["peers"][p]["results"]]
+    rows = [
+        "| offered req/s | steps | " + " | ".join(f"{p} p50 / p99 ms" for p in peers) + " |",
+        "|---" * (len(peers) + 2) + "|",
+    ]
+    for rate in report["workloads"]["mixed"]["rates"]:
+        for tag in ("10", "20", "50", "200"):
+            cells = []
+            for p in peers:
+                point = next((x for x in report["peers"][p]["results"]["mixed"]["ladder"] if x["rate"] == rate), None)
+                t = point["tags"].get(tag) if point else None
+                cells.append(f"{_ms(t['p50'])} / {_ms(t['p99'])}" if t else "")
+            rows.append(f"| {rate:g} | {tag} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def profiles(report: dict[str, Any]) -> list[str]:
+    rows = ["| server, workload | CPU ms per served request, by process |", "|---|---|"]
+    for p in _peers(report):
+        for w, e in report["peers"][p]["results"].items():
+            prof = e.get("cpu_ms_per_request") or {}
+            total = sum(prof.values())
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in prof.items() if v >= 0.05 * total)
+            rows.append(f"| {p}, {w} | total {total:.1f}: {parts} |")
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    r, m, st = report["ratios"], report["machine"], report["settings"]
+    comp = report["compute"]
+    lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
+    flops = r.get("diffusion_flops", {})
+    lines = [
+        "# Benchmarks: genserve against what users would run instead",
+        "",
+        f"One run of `make bench` (`{report['command']}`) on this machine: {m['cpu']}, {m['cores']} cores, "
+        f"Python {m['python']}, no GPU. Every server ran in turn on the same cores, with the load generator "
+        f"(aiohttp, in the bench process) beside it; every peer's ONNX Runtime had {st['ort_threads']} threads. "
+        f"Saturation: a closed loop of {st['concurrency']} clients for {st['seconds_per_point']:g} s. "
+        f"Latency: open-loop Poisson arrivals at each rate for {st['seconds_per_point']:g} s, every request "
+        "waited for (none dropped). The raw figures are in `docs/benchmarks.json`.",
+        "",
+        "Peers: " + "; ".join(f"**{p}**: {report['peers'][p]['about']}" for p in _peers(report)) + ".",
+        "",
+        "Workloads: " + "; ".join(f"**{k}**: {w['about']}" for k, w in report["workloads"].items()) + ".",
+        "",
+        "## Targets",
+        "",
+        *targets(report),
+        "",
+        "## Throughput at saturation",
+        "",
+        *saturation(report),
+        "",
+        "## Latency at equal offered load (p50 / p95 / p99, ms)",
+        "",
+    ]
+    for w in report["workloads"]:
+        lines += [f"### {w}", "", *ladder(report, w), ""]
+    if "mixed" in report["workloads"]:
+        lines += ["### mixed, by step count", "", *mixed_tags(report), ""]
+    lines += [
+        "## Serving overhead, compute limit and stack ceiling",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    for name in lib:
+        lines.append(
+            f"| {name}: HTTP images/s (one client, requests of the same size) / in-process library images/s "
+            f"| {_f(http.get(name))} / {_f(lib[name])} = {_f(r['http/library'].get(name), 2)} |"
+        )
+    peak = comp["matmul_gflops"]
+    lines += [
+        f"| matrix-multiply peak, float32 (numpy BLAS / ONNX Runtime MLAS) | {_f(peak['numpy'])} / {_f(peak['onnxruntime'])} GFLOP/s |",
+        f"| diffusion network, multiply-add FLOPs per image per step | {_f(comp['diffusion_mflop_per_row'])} MFLOP |",
+        f"| diffusion achieved while serving at saturation (diffusion-20) | {_f(flops.get('achieved_gflops'))} GFLOP/s = "
+        f"{_f((flops.get('fraction_of_peak') or 0) * 100, 0)}% of peak |",
+        f"| empty genserve deployment / plain uvicorn, requests/s | {_f(r.get('ray-stack/plain-stack'), 3)} |",
+        f"| genserve GAN-1 requests/s / empty genserve deployment | {_f(r.get('gan-1/stack-limit'), 2)} |",
+        "",
+        "## Where the time goes",
+        "",
+        "CPU time of every process on the machine during each saturation run, per served request "
+        "(processes under 5% of the total left out). `bench` is the load generator; the genserve "
+        "rows name the ingress and model replicas; raylet, gcs_server and ServeController are Ray's.",
+        "",
+        *profiles(report),
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""genserve variants the benchmark compares against; none of them is served by `make serve`.
+
+- `RequestLevelDiffusion`: diffusion behind Ray Serve's `@serve.batch`, the way request-level
+  batching works: a batch is formed from the requests waiting, split into groups with equal
+  steps and sampler, and each group runs to its last step before the next batch is formed.
+  A request arriving meanwhile waits for the whole batch.
+- `EmptyReplica`: the same deployment shape (ingress, one model hop) with no model work: it
+  answers every request with blank PNGs. Its requests/s is the serving stack's ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, cast
+
+import numpy as np
+import ray
+from ray import serve
+from ray.serve import Application
+
+from deployments.app import build_app
+from deployments.replicas import DiffusionReplica, ReplicaClass, ReplicaResult
+from service.images import encode_pngs, png_bytes
+from service.scheduler import DiffusionJob, StepScheduler
+
+
+class RequestLevelDiffusion(DiffusionReplica):
+    async def generate(self, job: DiffusionJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
+        result: ReplicaResult = await self._batch((job, time.monotonic()))
+        return result
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(i[0].n for i in items))
+    async def _batch(self, items: list[tuple[DiffusionJob, float]]) -> list[ReplicaResult]:
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for k, (job, _) in enumerate(items):
+            groups.setdefault((job.steps, job.sampler, job.eta, job.spacing), []).append(k)
+        results: list[ReplicaResult | None] = [None] * len(items)
+        for members in groups.values():  # one group after the other, each to its last step
+            scheduler = StepScheduler(self.model, max_batch=10**6, on_step=self._on_step)
+            started = time.monotonic()
+            done = await asyncio.gather(*(scheduler.submit(items[k][0]) for k in members))
+            await scheduler.close()
+            for k, res in zip(members, done, strict=True):
+                pngs, _ = await asyncio.to_thread(encode_pngs, res.images, self.model.card.image.value_range)
+                sub = items[k][1]
+                self.metrics.request_done(res.stats, items[k][0].steps, items[k][0].n)
+                results[k] = ReplicaResult(pngs, None, started - sub, time.monotonic() - sub)
+        return [r for r in results if r is not None]
+
+
+class EmptyReplica:
+    """Answers with blank images of the card's shape; loads no network."""
+
+    def __init__(self, model_dir: str, name: str, device: str = "auto", ort_threads: int = 1) -> None:
+        self.name = name
+        self.png = png_bytes(np.zeros((28, 28, 1), np.uint8))
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        pass
+
+    def ready(self) -> dict[str, str]:
+        return {"model": self.name, "provider": "none", "node_id": ray.get_runtime_context().get_node_id()}
+
+    async def generate(self, job: Any, timeout_s: float, grid: bool = False) -> ReplicaResult:
+        return ReplicaResult([self.png] * job.n)
+
+
+def request_level_app(args: dict[str, Any]) -> Application:
+    return build_app(args, {"diffusion": RequestLevelDiffusion})
+
+
+def empty_app(args: dict[str, Any]) -> Application:
+    empty = cast(type[ReplicaClass], EmptyReplica)
+    return build_app(args, {"gan": empty, "vae": empty, "diffusion": empty})

@@ -1,0 +1,145 @@
+"""The benchmark's parts that must be right for its figures to mean anything: request
+accounting, percentiles, FLOP counting, the ratios and the report; and the plain FastAPI peer
+answering the same route shape under the open-loop driver."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from loadtests.bench import WORKLOADS, genserve_call, ratios, triton_call, wait_http
+from loadtests.bench_report import markdown
+from loadtests.flops import flops_per_row
+from loadtests.loadgen import Outcome, free_port, open_loop, summarize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_summary_counts_every_request_and_takes_percentiles_of_the_served() -> None:
+    outcomes = [Outcome("a", i * 0.1, 0.01 * (i + 1), 200, 2) for i in range(100)]
+    outcomes += [Outcome("b", 1.0, 0.5, 503, 0, True, "1"), Outcome("b", 1.0, 30.0, 0, 0, False, None, "Timeout")]
+    outcomes.append(Outcome("b", 2.0, 0.2, 500, 0, json_error=False))
+    s = summarize(outcomes)
+    assert (s.sent, s.ok, s.refused, s.errors, s.no_answer, s.non_json_errors) == (103, 100, 1, 1, 1, 1)
+    assert s.p50 == pytest.approx(np.percentile([0.01 * (i + 1) for i in range(100)], 50))
+    assert s.images_per_s == pytest.approx(200 / s.seconds)
+    assert s.seconds == pytest.approx(31.0)  # first send (0.0) to last answer (1.0 + 30.0)
+    only_b = summarize(outcomes, "b")
+    assert only_b.sent == 3 and only_b.ok == 0 and only_b.p99 is None
+
+
+def _tiny_net(path: Path) -> None:
+    """Conv 1->4 (3x3, pad 1) on 1x1x8x8, flatten, MatMul 256->10."""
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 1, 3, 3], np.zeros(36, np.float32).tolist())
+    m = helper.make_tensor("m", TensorProto.FLOAT, [256, 10], np.zeros(2560, np.float32).tolist())
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 256])
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["c", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+        [w, m, shape],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def test_flops_count_conv_and_matmul_multiply_adds(tmp_path: Path) -> None:
+    _tiny_net(tmp_path / "tiny.onnx")
+    conv = 2 * (4 * 8 * 8) * (1 * 3 * 3)
+    matmul = 2 * 10 * 256
+    assert flops_per_row(tmp_path / "tiny.onnx", {"x": np.zeros((1, 1, 8, 8), np.float32)}) == conv + matmul
+
+
+def _entry(
+    images_per_s: float, p99: float, rates: tuple[float, ...], tags: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    summary = {"images_per_s": images_per_s, "requests_per_s": images_per_s, "p50": p99 / 2, "p95": p99, "p99": p99,
+               "sent": 10, "ok": 10, "refused": 0, "errors": 0, "no_answer": 0, "non_json_errors": 0, "seconds": 1.0,
+               "max_latency": p99, "statuses": {"200": 10}}  # fmt: skip
+    point_tags = {t: dict(summary, p50=v, p99=v) for t, v in (tags or {}).items()}
+    return {
+        "saturation": summary,
+        "saturation_tags": {t: dict(summary, images_per_s=images_per_s / 4) for t in tags or {}},
+        "cpu_ms_per_request": {"bench": 1.0, "model-gan": 2.0},
+        "ladder": [{"rate": r, "summary": summary, "tags": point_tags} for r in rates],
+    }
+
+
+def test_ratios_and_report_from_a_known_report() -> None:
+    mixed_rates = WORKLOADS["mixed"].rates
+    report: dict[str, Any] = {
+        "command": "python -m loadtests.bench",
+        "machine": {"cpu": "x86_64", "cores": 2, "python": "3.11"},
+        "settings": {"seconds_per_point": 12, "concurrency": 32, "ort_threads": 2},
+        "workloads": {k: {"about": w.about, "rates": w.rates, "seconds": w.seconds} for k, w in WORKLOADS.items()},
+        "compute": {"matmul_gflops": {"numpy": 200.0, "onnxruntime": 100.0}, "diffusion_mflop_per_row": 250.0},
+        "library_images_per_s": {"gan": 1000.0},
+        "http_images_per_s": {"gan": 800.0},
+        "peers": {
+            "genserve": {"about": "g", "results": {
+                "gan-1": _entry(80.0, 0.1, WORKLOADS["gan-1"].rates),
+                "diffusion-20": _entry(20.0, 0.5, WORKLOADS["diffusion-20"].rates),
+                "mixed": _entry(4.0, 1.0, mixed_rates, {"10": 0.2, "200": 5.0}),
+            }},
+            "plain": {"about": "p", "results": {"gan-1": _entry(400.0, 0.02, WORKLOADS["gan-1"].rates)}},
+            "reqlevel": {"about": "r", "results": {"mixed": _entry(2.0, 1.0, mixed_rates, {"10": 1.0, "200": 5.0})}},
+            "empty": {"about": "e", "results": {"gan-1": _entry(100.0, 0.1, ())}},
+            "plain-empty": {"about": "pe", "results": {"gan-1": _entry(1000.0, 0.1, ())}},
+        },
+    }  # fmt: skip
+    r = ratios(report)
+    assert r["genserve/plain/gan-1"]["throughput"] == pytest.approx(0.2)
+    assert r["genserve/plain/gan-1"]["p99_lower_by"]["25"] == pytest.approx(0.2)
+    assert r["gan-1/stack-limit"] == pytest.approx(0.8)
+    assert r["ray-stack/plain-stack"] == pytest.approx(0.1)
+    assert r["http/library"]["gan"] == pytest.approx(0.8)
+    # image-steps: genserve (10 + 200) * 1.0, reqlevel (10 + 200) * 0.5
+    assert r["step/request-level/mixed"]["throughput"] == pytest.approx(2.0)
+    assert r["step/request-level/mixed"]["p50_10_step_lower_by"][str(mixed_rates[0])] == pytest.approx(5.0)
+    assert r["diffusion_flops"]["fraction_of_peak"] == pytest.approx(20 * 20 * 250 / 1e3 / 200)
+    report["ratios"] = r
+    text = markdown(report)
+    assert "| GAN requests/s / empty-deployment requests/s: >= 0.8 | 0.80 | met |" in text
+    assert "genserve / plain, gan-1: >= 1.0 | 0.20 | **missed** |" in text
+    assert "None" not in text
+
+
+def test_triton_and_genserve_requests_ask_for_the_same_work() -> None:
+    w = WORKLOADS["gan-8"]
+    g, t = genserve_call(w)(random.Random(0)), triton_call(w)(random.Random(0))
+    assert g.images == t.images == 8
+    assert t.body["inputs"][0]["shape"] == [8, 1] and g.body["n"] == 8
+    d = triton_call(WORKLOADS["mixed"])(random.Random(1))
+    assert [i["name"] for i in d.body["inputs"]] == ["seed", "label", "steps"] and d.tag == str(
+        d.body["inputs"][2]["data"][0]
+    )
+
+
+def test_plain_peer_serves_the_same_route_shape_under_open_loop_load() -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loadtests.baseline_server", "--port", str(port)], cwd=ROOT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", 60)
+        for name in ("gan-8", "diffusion-20"):
+            out = asyncio.run(open_loop(base, genserve_call(WORKLOADS[name]), 5.0, 2.0, seed=0))
+            s = summarize(out)
+            assert s.sent > 0 and s.ok == s.sent, s.statuses
+            assert s.images_per_s > 0 and sum(o.images for o in out) == s.sent * WORKLOADS[name].n
+    finally:
+        proc.terminate()
+        proc.wait(30)
