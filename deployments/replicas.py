@@ -70,11 +70,13 @@ class LatentModelReplica:
         self.model = _load(model_dir, name, device, ort_threads)
         self.metrics = ModelMetrics(name, self.model.card.family)
         self.in_flight = 0
+        self.max_batch_images = 64
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Live batch knobs from `user_config`: max_batch_images, batch_wait_timeout_s."""
         batcher: Any = self._generate_batch  # the @serve.batch wrapper carries the setters
-        batcher.set_max_batch_size(int(config.get("max_batch_images", 64)))
+        self.max_batch_images = int(config.get("max_batch_images", 64))
+        batcher.set_max_batch_size(self.max_batch_images)
         batcher.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
 
     def ready(self) -> dict[str, str]:
@@ -83,10 +85,11 @@ class LatentModelReplica:
     async def generate(self, job: LatentJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
         self.in_flight += job.n
         self.metrics.queue_depth(self.in_flight)
+        item = (job, time.monotonic(), grid)
+        # A request as large as a batch runs alone (the batcher refuses items above its size).
+        call = self._alone(item) if job.n >= self.max_batch_images else self._generate_batch(item)
         try:
-            result: ReplicaResult = await asyncio.wait_for(
-                self._generate_batch((job, time.monotonic(), grid)), timeout_s
-            )
+            result: ReplicaResult = await asyncio.wait_for(call, timeout_s)
         except TimeoutError:
             result = ReplicaResult.failed(DeadlineExceeded(f"request passed its deadline of {timeout_s:.0f}s"))
         finally:
@@ -100,6 +103,12 @@ class LatentModelReplica:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(i[0].n for i in items))
     async def _generate_batch(self, items: list[tuple[LatentJob, float, bool]]) -> list[ReplicaResult]:
+        return await self._run_batch(items)
+
+    async def _alone(self, item: tuple[LatentJob, float, bool]) -> ReplicaResult:
+        return (await self._run_batch([item]))[0]
+
+    async def _run_batch(self, items: list[tuple[LatentJob, float, bool]]) -> list[ReplicaResult]:
         started = time.monotonic()
         jobs = [job for job, _, _ in items]
         try:
@@ -157,7 +166,8 @@ class DiffusionReplica:
         return ReplicaResult(pngs, tiled, result.stats.queue_seconds, result.stats.total_seconds)
 
 
-REPLICA_CLASSES: dict[str, type[LatentModelReplica] | type[DiffusionReplica]] = {
+ReplicaClass = LatentModelReplica | DiffusionReplica
+REPLICA_CLASSES: dict[str, type[ReplicaClass]] = {
     "gan": LatentModelReplica,
     "vae": LatentModelReplica,
     "diffusion": DiffusionReplica,
