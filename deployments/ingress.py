@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -266,7 +267,8 @@ class Ingress:
         return GenerateResponse(model=name, images=images, grid_png_base64=tiled, timings=timings)
 
     async def _call(self, name: str, job: Any, grid: bool) -> ReplicaResult:
-        """One replica call, bounded by the request timeout; Ray's back-pressure becomes a 503."""
+        """One replica call, bounded by the request timeout; Ray's back-pressure and a replica
+        that died under the request become a 503 with Retry-After."""
         call = self.handles[name].generate.remote(job, self.timeout_s, grid)
         try:
             result: ReplicaResult = await asyncio.wait_for(call, timeout=self.timeout_s + 5)
@@ -274,4 +276,8 @@ class Ingress:
             raise DeadlineExceeded(f"no answer from model {name!r} within {self.timeout_s:.0f}s") from None
         except BackPressureError:
             raise Overloaded(f"model {name!r} has too many queued requests", retry_after=1.0) from None
+        except RayActorError:
+            # The replica died with this request on it (Ray restarts it); the work is lost, so the
+            # client retries, as after any 503.
+            raise Overloaded(f"model {name!r} replica became unavailable; retry", retry_after=2.0) from None
         return result

@@ -6,6 +6,11 @@ network once on their stacked inputs, applies each lane's own sampler coefficien
 finished lanes. New requests join at the next iteration, so a 10-step request never waits for a
 1000-step batch to drain: lanes with the fewest remaining steps go first, and a lane passed
 over gains priority with every iteration it waits (no starvation).
+
+Admission: a request is refused at once (Overloaded, with a Retry-After) when the queue holds
+`max_queued_lanes` images, or when the work already queued plus its own, at the rows per
+second the network has been doing, would not finish before its deadline: under overload a
+client gets a fast 503 instead of a late 504.
 """
 
 from __future__ import annotations
@@ -118,6 +123,18 @@ class StepScheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"steps-{model.name}")
+        self._rows_per_s: float | None = None  # moving average of network rows per second
+
+    @property
+    def queued_rows(self) -> int:
+        """Network rows still to run for every queued lane: the queue's work."""
+        return sum((lane.plan.num_steps - lane.step) * lane.rows for lane in self._lanes)
+
+    def estimated_wait(self, job: DiffusionJob) -> float | None:
+        """Seconds until `job` would finish if admitted now, or None before the first iteration."""
+        if self._rows_per_s is None:
+            return None
+        return (self.queued_rows + job.n * job.steps * self._rows_for(job)) / self._rows_per_s
 
     @property
     def queued_lanes(self) -> int:
@@ -134,6 +151,15 @@ class StepScheduler:
                 f"model {self.model.name!r} has {self.queued_lanes} images queued; "
                 f"limit {self.max_queued_lanes}, this request adds {job.n}"
             )
+        wait = self.estimated_wait(job)
+        if wait is not None and job.deadline is not None:
+            budget = job.deadline - time.monotonic()
+            if wait > budget:
+                raise Overloaded(
+                    f"model {self.model.name!r} would finish this request in about {wait:.0f}s, "
+                    f"past its deadline ({budget:.0f}s from now)",
+                    retry_after=max(1.0, round(wait - budget)),
+                )
         loop = asyncio.get_running_loop()
         shape = self.model.card.image_shape
         req = _Request(job, loop.create_future(), np.zeros((job.n, *shape), np.float32), job.n, time.monotonic())
@@ -265,6 +291,8 @@ class StepScheduler:
                     self._drop(req, GenserveError(f"network call failed: {e}"))
                 continue
             self._advance(batch, x_next, x0)
+            rate = sum(ln.rows for ln in batch.lanes) / max(seconds, 1e-6)
+            self._rows_per_s = rate if self._rows_per_s is None else 0.8 * self._rows_per_s + 0.2 * rate
             if self.on_step is not None:
                 reqs = len({id(lane.request) for lane in batch.lanes})
                 self.on_step(StepStats(int(sum(ln.rows for ln in batch.lanes)), len(batch.lanes), reqs, seconds))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -193,3 +194,26 @@ def test_the_network_runs_off_the_event_loop(model: LoadedModel) -> None:
 def test_the_scheduler_refuses_a_model_that_is_not_diffusion(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="not a diffusion model"):
         StepScheduler(load_model(tiny_model_dir / "tiny-gan", device="cpu"))
+
+
+def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(model: LoadedModel) -> None:
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=4)
+        assert s.estimated_wait(DiffusionJob(seed=0, n=1, steps=5)) is None  # nothing measured yet: admit
+        await s.submit(DiffusionJob(seed=0, n=1, steps=5))
+        long = asyncio.ensure_future(s.submit(DiffusionJob(seed=1, n=4, steps=1000)))
+        await asyncio.sleep(0)
+        probe = DiffusionJob(seed=2, n=1, steps=10)
+        wait = s.estimated_wait(probe)
+        assert wait is not None and wait > 0
+        queued = s.queued_lanes
+        with pytest.raises(Overloaded, match="past its deadline") as refused:
+            await s.submit(dataclasses.replace(probe, deadline=time.monotonic() + wait / 4))
+        assert refused.value.retry_after >= 1.0
+        assert s.queued_lanes == queued  # a refused request leaves nothing behind
+        ok = await s.submit(dataclasses.replace(probe, deadline=time.monotonic() + 4 * wait + 5))
+        assert ok.images.shape[0] == 1
+        long.cancel()
+        await s.close()
+
+    run(scenario())
