@@ -53,8 +53,10 @@ def build_app(
         deployment = serve.deployment(
             name=model_deployment_name(name),
             ray_actor_options={"num_cpus": REPLICA_CPUS},
+            # Requests wait in Serve's router only briefly: beyond 64 the caller gets a fast 503
+            # (back-pressure) rather than a wait the replica's admission control cannot see.
             max_ongoing_requests=256,
-            max_queued_requests=512,
+            max_queued_requests=64,
             user_config=user_config,
         )(cls)
         if model_deployment_name(name) in overrides:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -269,8 +270,10 @@ class Ingress:
     async def _call(self, name: str, job: Any, grid: bool) -> ReplicaResult:
         """One replica call, bounded by the request timeout; Ray's back-pressure and a replica
         that died under the request become a 503 with Retry-After."""
-        call = self.handles[name].generate.remote(job, self.timeout_s, grid)
+        deadline = time.time() + self.timeout_s
+        call = self.handles[name].generate.remote(job, deadline, grid)
         try:
+            # The replica answers by the deadline; the margin covers a replica that cannot.
             result: ReplicaResult = await asyncio.wait_for(call, timeout=self.timeout_s + 5)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer from model {name!r} within {self.timeout_s:.0f}s") from None

@@ -97,7 +97,9 @@ def main() -> None:
     parser.add_argument("--dashboard-port", type=int, default=8265, help="Ray dashboard (loopback only)")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs CPU per request)")
     args = parser.parse_args()
-    url = start(args.model_dir, args.host, args.port, args.metrics_port, args.dashboard_port, access_log=args.access_log)
+    url = start(
+        args.model_dir, args.host, args.port, args.metrics_port, args.dashboard_port, access_log=args.access_log
+    )
     print(f"\ngenserve is ready at {url} (OpenAPI: {url}/docs, metrics: http://127.0.0.1:{args.metrics_port}/metrics)")
     print("Try:\n")
     print(

@@ -79,7 +79,7 @@ WORKLOADS = {
             "diffusion",
             1,
             MIXED_STEPS,
-            rates=(2.0, 4.0),
+            rates=(2.0, 4.0, 5.0),
             about="diffusion, 1 image, 10/20/50/200 steps mixed (a 200-step image takes seconds: longer points)",
             seconds=40.0,
         ),

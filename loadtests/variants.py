@@ -26,7 +26,7 @@ from service.scheduler import DiffusionJob, StepScheduler
 
 
 class RequestLevelDiffusion(DiffusionReplica):
-    async def generate(self, job: DiffusionJob, timeout_s: float, grid: bool = False) -> ReplicaResult:
+    async def generate(self, job: DiffusionJob, deadline: float, grid: bool = False) -> ReplicaResult:
         result: ReplicaResult = await self._batch((job, time.monotonic()))
         return result
 
@@ -62,7 +62,7 @@ class EmptyReplica:
     def ready(self) -> dict[str, str]:
         return {"model": self.name, "provider": "none", "node_id": ray.get_runtime_context().get_node_id()}
 
-    async def generate(self, job: Any, timeout_s: float, grid: bool = False) -> ReplicaResult:
+    async def generate(self, job: Any, deadline: float, grid: bool = False) -> ReplicaResult:
         return ReplicaResult([self.png] * job.n)
 
 
