@@ -351,7 +351,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print("genserve (Ray Serve)", flush=True)
     url = start(str(ROOT / "exported"), "127.0.0.1", 8300, 8301, 8302, app=build_app(base_args))
     try:
-        gs = Peer("genserve", "genserve as `make serve` runs it", ("gan-1", "gan-8", "diffusion-20", "mixed"))
+        gs = Peer(
+            "genserve",
+            "genserve, the app `make serve` runs (with GENSERVE_ORT_THREADS=2, like every peer)",
+            ("gan-1", "gan-8", "diffusion-20", "mixed"),
+        )
         drive(gs, url, seconds, args.quick)
         peers.append(gs)
         report["http_images_per_s"] = http_rates(url, overhead_batches, 2.0 if args.quick else 8.0)
