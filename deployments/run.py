@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 import urllib.request
+
+from deployments.loopback import keep_ray_on_loopback
+
+if "ray" not in sys.modules:
+    keep_ray_on_loopback()  # `make serve`: before ray is imported (other entry points call it first)
 
 import ray
 from ray import serve

@@ -39,7 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from deployments.loopback import keep_ray_on_loopback
 from loadtests.loadgen import Call, Outcome, Summary, closed_loop, count_images, open_loop, summarize
+
+keep_ray_on_loopback()  # one machine: every Ray port on loopback (before ray is imported)
 
 ROOT = Path(__file__).resolve().parents[1]
 MIXED_STEPS = (10, 20, 50, 200)

@@ -39,7 +39,10 @@ from typing import Any
 import aiohttp
 import psutil
 
+from deployments.loopback import keep_ray_on_loopback
 from loadtests.loadgen import Call, Outcome, closed_loop, count_images, free_port, open_loop, send, summarize
+
+keep_ray_on_loopback()  # one machine: every Ray port on loopback (before ray is imported)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 30.0  # GENSERVE_REQUEST_TIMEOUT_S for the chaos server: short, so hangs show quickly

@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+from deployments.loopback import keep_ray_on_loopback
+
+keep_ray_on_loopback()  # before any test module imports ray: every Ray port on loopback
+
 SHIPPED = Path(__file__).resolve().parent.parent / "exported"
 
 

@@ -8,6 +8,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -216,3 +217,21 @@ def test_metrics_appear_on_the_export_port_with_their_labels(server: Server) -> 
     latency = exported_name(names.REQUEST_LATENCY)
     assert re.search(latency + r'_count\{[^}]*model="diffusion"[^}]*steps="10"', text)
     assert re.search(exported_name(names.ERRORS) + r'\{[^}]*model="gan"[^}]*reason="invalid_request"', text)
+
+
+def test_http_dashboard_and_metrics_ports_listen_on_loopback_only(server: Server) -> None:
+    import psutil
+
+    ports = {urlsplit(server.url).port, urlsplit(server.metrics_url).port}
+    listening = [c for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+    found = {c.laddr.port: c.laddr.ip for c in listening if c.laddr.port in ports}
+    assert set(found) == ports
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in found.values()), found
+    # and every port that this session's Ray processes (children of this test process) opened
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    ray_ports = {(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()) for c in listening if c.pid in ours}
+    assert len(ray_ports) > 3
+    # The one exception, documented in docs/security.md: Ray Serve's inter-replica gRPC server,
+    # bound to [::] in Ray's own code and guarded by Ray's cluster token.
+    elsewhere = [p for p in ray_ports if p[0] not in ("127.0.0.1", "::ffff:127.0.0.1")]
+    assert [p for p in elsewhere if not (p[0] == "::" and p[2].startswith("ray::ServeReplica"))] == []
