@@ -47,9 +47,10 @@ def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, object]:
 # Workers inherit these from the driver (set them in the environment to override):
 # - On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report ready,
 #   and the controller then kills and restarts it in a loop.
-# - Serve's throughput mode: the ingress replica answers HTTP itself (no separate proxy hop),
-#   replicas talk gRPC, user code runs on the replica's own event loop. On this 2-core machine it
-#   raised the empty-deployment ceiling and GAN requests/s (docs/benchmarks.md).
+# - Serve's throughput mode: gRPC between proxy and replicas and between replicas, user code on
+#   the replica's own event loop, buffered request logs. On this 2-core machine it raised the
+#   empty-deployment ceiling and GAN requests/s (docs/benchmarks.md). HTTP still enters through
+#   Serve's proxy on `port`.
 RAY_ENV_DEFAULTS = {
     "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
