@@ -7,9 +7,11 @@ until every model answers, prints an example request, and serves until interrupt
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
+import threading
 import time
 import urllib.request
 
@@ -56,6 +58,32 @@ RAY_ENV_DEFAULTS = {
     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
 }
+
+
+class _DriverLoop:
+    """One event loop on a daemon thread for Serve handles used from synchronous driver code:
+    in Serve's throughput mode a handle's router and its controller updates live on the loop that
+    first used it, so that loop has to keep running."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        if cls.loop is None:
+            cls.loop = asyncio.new_event_loop()
+            threading.Thread(target=cls.loop.run_forever, name="serve-handles", daemon=True).start()
+        return cls.loop
+
+
+def replica_ready(deployment: str, timeout_s: float = 30.0) -> dict[str, str]:
+    """`ready()` of one replica of `deployment`, called from synchronous driver code."""
+
+    async def call() -> dict[str, str]:
+        handle = serve.get_deployment_handle(deployment, app_name="genserve")
+        info: dict[str, str] = await asyncio.wait_for(handle.ready.remote(), timeout_s)
+        return info
+
+    return asyncio.run_coroutine_threadsafe(call(), _DriverLoop.get()).result(timeout_s + 5)
 
 
 def deploy(app: Application, access_log: bool = False) -> None:

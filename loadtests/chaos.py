@@ -290,7 +290,7 @@ def node_loss(seconds: float) -> dict[str, Any]:
     from ray.cluster_utils import Cluster
 
     from deployments.app import build_app, model_deployment_name
-    from deployments.run import RAY_ENV_DEFAULTS, deploy, wait_ready
+    from deployments.run import RAY_ENV_DEFAULTS, deploy, replica_ready, wait_ready
     from service.cards import discover
 
     for k, v in RAY_ENV_DEFAULTS.items():
@@ -307,8 +307,8 @@ def node_loss(seconds: float) -> dict[str, Any]:
         deploy(build_app({"model_dir": str(ROOT / "exported"), "deployment_options": options}))
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        handle = serve.get_deployment_handle(model_deployment_name("diffusion"), app_name="genserve")
-        node_id = handle.ready.remote().result()["node_id"]
+        diffusion = model_deployment_name("diffusion")
+        node_id = replica_ready(diffusion)["node_id"]
         victim = next(n for n in workers if n.node_id == node_id)
         outcomes: list[Outcome] = []
 
@@ -325,7 +325,7 @@ def node_loss(seconds: float) -> dict[str, Any]:
         new_node = node_id
         while new_node == node_id and time.monotonic() - t_kill < 180:
             try:
-                new_node = handle.ready.remote().result(timeout_s=10)["node_id"]
+                new_node = replica_ready(diffusion, timeout_s=10)["node_id"]
             except Exception:
                 time.sleep(0.25)
         probe = Call("/v1/models/diffusion/generate", {"n": 1, "steps": 5, "seed": 8}, 1)

@@ -23,7 +23,7 @@ from ray import serve
 from ray.cluster_utils import Cluster
 
 from deployments.app import build_app, model_deployment_name
-from deployments.run import wait_ready
+from deployments.run import replica_ready, wait_ready
 from service.cards import discover
 
 GPU_NODES = 2
@@ -83,7 +83,7 @@ def run(model_dir: str, upscale_timeout: float, downscale_timeout: float) -> dic
         gpu_node_ids = {n.node_id for n in gpu_nodes}
         placement = {}
         for name in options:
-            info = serve.get_deployment_handle(name, app_name="genserve").ready.remote().result()
+            info = replica_ready(name)
             placement[name] = {"on_gpu_node": info["node_id"] in gpu_node_ids, "provider": info["provider"]}
         served = {
             m: requests.post(
