@@ -213,15 +213,18 @@ def kill_under_load(base: str, deployment: str, probe: Call, rate: float, second
     return result
 
 
-def queue_depth(metrics_url: str) -> float | None:
+def queue_depths(metrics_url: str) -> dict[str, float]:
+    """The diffusion queue-depth gauge, one value per exported series (labels as the key): a
+    replica killed earlier can leave its last value behind for a while, so series are compared
+    one by one, never summed."""
     with urllib.request.urlopen(metrics_url, timeout=10) as r:
         text = r.read().decode()
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("ray_genserve_queue_depth_images{") and 'model="diffusion"' in line
-    ]
-    return sum(values) if values else None
+    series = {}
+    for line in text.splitlines():
+        if line.startswith("ray_genserve_queue_depth_images{") and 'model="diffusion"' in line:
+            labels, value = line.rsplit(" ", 1)
+            series[labels] = float(value)
+    return series
 
 
 def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
@@ -230,28 +233,29 @@ def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
     call = Call("/v1/models/diffusion/generate", {"n": 4, "steps": 500, "seed": 5}, 4)
 
     async def scenario() -> dict[str, Any]:
-        # The gauge as exported before the request: earlier scenarios can leave a series behind.
-        baseline = await asyncio.to_thread(queue_depth, metrics_url) or 0.0
+        baseline = await asyncio.to_thread(queue_depths, metrics_url)
         async with aiohttp.ClientSession() as session:
             task = asyncio.create_task(send(session, base, call, time.perf_counter(), 600, count_images))
             t0 = time.monotonic()
-            depth = baseline
-            while time.monotonic() - t0 < 20 and depth < baseline + call.images:
+            grown: tuple[str, float] | None = None  # the series that shows this request's lanes
+            while time.monotonic() - t0 < 20 and grown is None and not task.done():
                 await asyncio.sleep(0.2)
-                depth = await asyncio.to_thread(queue_depth, metrics_url) or 0.0
+                now = await asyncio.to_thread(queue_depths, metrics_url)
+                grown = next(((k, v) for k, v in now.items() if v - baseline.get(k, 0.0) >= call.images), None)
             answered = task.result().status if task.done() else None  # e.g. 503: not a disconnect at all
             task.cancel()  # the client goes away: aiohttp closes the connection
             t_gone = time.monotonic()
         empty_after = None
-        while time.monotonic() - t_gone < 30:
-            if (await asyncio.to_thread(queue_depth, metrics_url) or 0.0) <= baseline:
+        while grown is not None and time.monotonic() - t_gone < 30:
+            now = await asyncio.to_thread(queue_depths, metrics_url)
+            if now.get(grown[0], 0.0) <= baseline.get(grown[0], 0.0):
                 empty_after = time.monotonic() - t_gone
                 break
             await asyncio.sleep(0.1)
         return {
             "client_gave_up_after_s": t_gone - t0,
-            "queue_depth_baseline": baseline,
-            "queue_depth_before_disconnect": depth - baseline,
+            "queue_depth_baseline": baseline.get(grown[0], 0.0) if grown else None,
+            "queue_depth_before_disconnect": grown[1] - baseline.get(grown[0], 0.0) if grown else None,
             "answered_before_disconnect": answered,
             "queue_empty_after_s": empty_after,
         }
