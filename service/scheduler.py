@@ -33,9 +33,9 @@ from service.stats import RequestStats, StepStats
 
 # Admit a request only if its estimated finish falls within this share of its remaining
 # deadline. The estimate is a moving average of recent speed, and under overload the speed drops
-# as refused requests take their share of the CPU; at 0.8 a 3x overload on 2 cores still saw
-# about 0.5% of admitted requests pass their deadline (`make chaos`), at 0.5 none.
-ADMISSION_MARGIN = 0.5
+# as refused requests take their share of the CPU: at 3x overload on 2 cores, 0.8 let 0.5% of
+# admitted requests pass their deadline, and 0.5 none in one run but 0.7% in another.
+ADMISSION_MARGIN = 0.35
 
 
 @dataclass(frozen=True)
