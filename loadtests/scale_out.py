@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -24,16 +23,11 @@ from ray.cluster_utils import Cluster
 
 from deployments.app import build_app, model_deployment_name
 from deployments.run import replica_ready, wait_ready
+from loadtests.loadgen import free_port
 from service.cards import discover
 
 GPU_NODES = 2
 DIFFUSION = model_deployment_name("diffusion")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def running_replicas(deployment: str) -> int:
