@@ -1,69 +1,164 @@
-"""`build_app(args) -> Application`: one deployment per model folder, the family choosing the class.
+"""The Serve applications: one per model folder, whose ingress is the model replica, and a catalog.
 
-Named by `import_path: deployments.app:build_app` in `serve_config.yaml`; `args` there (or
-GENSERVE_* environment variables) set the model directory, device and ONNX Runtime threads.
-Per-deployment options in the YAML's `deployments:` list override the defaults set here.
+HAProxy routes by path prefix straight to the replicas of the application that owns it:
+
+- `/v1/models/{name}...` -> application `model-{name}`: its one deployment `model-{name}` is
+  both the HTTP edge and the model (a generate request crosses one Python process);
+- everything else -> application `genserve` (deployment `catalog`): the model list, health,
+  readiness, OpenAPI, and 404s for names no model serves.
+
+`build_apps` makes all of them for a model directory (`make serve`, tests, bench); a cluster's
+`serve_config.yaml` names `build_model` once per model and `build_catalog` once.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
 
-from deployments.ingress import Ingress
+from deployments.metrics import CatalogMetrics
 from deployments.replicas import REPLICA_CLASSES, ReplicaClass
+from deployments.routes import catalog_app
+from service.cards import ModelCard
 from service.registry import check_models
 from service.settings import Settings
 
 # Defaults for a CPU machine: fractional CPUs so that every replica fits on 2 cores.
 REPLICA_CPUS = 0.2
-INGRESS_CPUS = 0.1
+CATALOG_CPUS = 0.1
+CATALOG_APP = "genserve"
 
 
-def model_deployment_name(model: str) -> str:
+def model_app_name(model: str) -> str:
+    """The Serve application (and its one deployment) of a model."""
     return f"model-{model}"
 
 
-def build_app(
-    args: dict[str, Any] | None = None, replica_classes: dict[str, type[ReplicaClass]] | None = None
-) -> Application:
-    """The genserve application for every healthy model folder in the model directory.
+model_deployment_name = model_app_name
 
-    `args` holds `Settings` fields, and optionally `deployment_options`: deployment name ->
-    options for `.options()` (num_gpus, autoscaling_config, ...), the programmatic twin of the
-    YAML's per-deployment overrides. `replica_classes` (family -> class) swaps a family's
-    replica class; the benchmark's comparison variants use it.
-    """
-    classes = {**REPLICA_CLASSES, **(replica_classes or {})}
+
+def model_route_prefix(model: str) -> str:
+    return f"/v1/models/{model}"
+
+
+@dataclass(frozen=True)
+class ServedApp:
+    """A Serve application with the name and route prefix it runs under."""
+
+    name: str
+    route_prefix: str
+    app: Application
+
+
+class Catalog:
+    """The catalog deployment; its HTTP app is `deployments.routes.catalog_app`."""
+
+    def __init__(self, cards: dict[str, ModelCard], broken: dict[str, str]) -> None:
+        self.cards = cards
+        self.broken = broken
+        self.metrics = CatalogMetrics()
+        self.handles: dict[str, DeploymentHandle[Any]] = {}
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return catalog_app(self.cards, self.broken, self.probe, self.metrics.error)
+
+    async def probe(self, name: str) -> dict[str, str]:
+        """The model's `ready()`: a 1-image request on one of its replicas."""
+        if name not in self.handles:
+            self.handles[name] = serve.get_deployment_handle(model_deployment_name(name), app_name=model_app_name(name))
+        info: dict[str, str] = await self.handles[name].ready.remote()
+        return info
+
+
+def _settings(args: dict[str, Any] | None) -> tuple[Settings, dict[str, dict[str, Any]]]:
     args = dict(args or {})
     overrides: dict[str, dict[str, Any]] = args.pop("deployment_options", {})
-    settings = Settings(**args)
+    args.pop("model", None)
+    return Settings(**args), overrides
+
+
+def model_application(
+    card: ModelCard, settings: Settings, options: dict[str, Any] | None = None, cls: type[Any] | None = None
+) -> Application:
+    """One model's application: its replica class as a Serve ingress deployment."""
+    cls = cls or REPLICA_CLASSES[card.family]
+    user_config: dict[str, Any] = (
+        {"max_batch": settings.max_batch, "max_queued_images": settings.max_queued_images}
+        if card.family == "diffusion"
+        else {
+            "max_batch_images": settings.max_batch,
+            "batch_wait_timeout_s": 0.005,
+            "max_queued_images": settings.max_queued_images,
+        }
+    )
+    deployment = serve.deployment(
+        name=model_deployment_name(card.name),
+        ray_actor_options={"num_cpus": REPLICA_CPUS},
+        # The replica's own admission answers overload with a JSON 503 (queued images, and for
+        # diffusion the deadline); Serve's per-replica cap is only a last resort behind it.
+        max_ongoing_requests=1024,
+        max_queued_requests=256,
+        health_check_period_s=10,
+        health_check_timeout_s=30,
+        user_config=user_config,
+    )(serve.ingress()(cls))
+    if options:
+        deployment = deployment.options(**options)
+    app: Application = deployment.bind(
+        str(settings.model_dir.resolve()), card.name, settings.device, settings.ort_threads
+    )
+    return app
+
+
+def catalog_application(
+    cards: dict[str, ModelCard], broken: dict[str, str], options: dict[str, Any] | None = None
+) -> Application:
+    deployment = serve.deployment(
+        name="catalog", ray_actor_options={"num_cpus": CATALOG_CPUS}, max_ongoing_requests=512
+    )(serve.ingress()(Catalog))
+    if options:
+        deployment = deployment.options(**options)
+    app: Application = deployment.bind(cards, broken)
+    return app
+
+
+def build_apps(
+    args: dict[str, Any] | None = None, replica_classes: dict[str, type[ReplicaClass]] | None = None
+) -> list[ServedApp]:
+    """The catalog and one application per healthy model folder in the model directory.
+
+    `args` holds `Settings` fields, and optionally `deployment_options`: deployment name ->
+    options for `.options()` (num_gpus, autoscaling_config, ...). `replica_classes` (family ->
+    class) swaps a family's replica class; the benchmark's comparison variants use it.
+    """
+    classes = {**REPLICA_CLASSES, **(replica_classes or {})}
+    settings, overrides = _settings(args)
     # A broken model folder is left out and reported by /readyz; the healthy ones are served.
     cards, broken = check_models(settings.model_dir)
-    handles = {}
+    apps = [ServedApp(CATALOG_APP, "/", catalog_application(cards, broken, overrides.get("catalog")))]
     for name, card in cards.items():
-        cls = classes[card.family]
-        user_config: dict[str, Any] = (
-            {"max_batch": settings.max_batch, "max_queued_images": settings.max_queued_images}
-            if card.family == "diffusion"
-            else {"max_batch_images": settings.max_batch, "batch_wait_timeout_s": 0.005}
-        )
-        deployment = serve.deployment(
-            name=model_deployment_name(name),
-            ray_actor_options={"num_cpus": REPLICA_CPUS},
-            # Requests wait in Serve's router only briefly: beyond 64 the caller gets a fast 503
-            # (back-pressure) rather than a wait the replica's admission control cannot see.
-            max_ongoing_requests=256,
-            max_queued_requests=64,
-            user_config=user_config,
-        )(cls)
-        if model_deployment_name(name) in overrides:
-            deployment = deployment.options(**overrides[model_deployment_name(name)])
-        handles[name] = deployment.bind(str(settings.model_dir.resolve()), name, settings.device, settings.ort_threads)
-    ingress = serve.deployment(name="ingress", ray_actor_options={"num_cpus": INGRESS_CPUS}, max_ongoing_requests=512)(
-        Ingress
-    )
-    app: Application = ingress.bind(handles, cards, broken, settings.request_timeout_s)
-    return app
+        app = model_application(card, settings, overrides.get(model_deployment_name(name)), classes[card.family])
+        apps.append(ServedApp(model_app_name(name), model_route_prefix(name), app))
+    return apps
+
+
+def build_model(args: dict[str, Any]) -> Application:
+    """`import_path` for one model's application in a Serve config: `args.model` names the folder."""
+    settings, _ = _settings(args)
+    cards, broken = check_models(settings.model_dir)
+    name = args["model"]
+    if name not in cards:
+        raise ValueError(broken.get(name) or f"no model folder {name!r} in {settings.model_dir}")
+    return model_application(cards[name], settings)
+
+
+def build_catalog(args: dict[str, Any]) -> Application:
+    """`import_path` for the catalog application in a Serve config."""
+    settings, _ = _settings(args)
+    cards, broken = check_models(settings.model_dir)
+    return catalog_application(cards, broken)

@@ -40,18 +40,27 @@ class ModelMetrics:
         self.m[names.REQUESTS.name].inc(1, tags={**self.tags, "outcome": "ok"})
 
     def request_failed(self, reason: str) -> None:
+        """A request the model refused or failed; its error response is counted by `error`."""
         self.m[names.REQUESTS.name].inc(1, tags={**self.tags, "outcome": reason})
+
+    def cancelled(self) -> None:
+        """A request whose client went away: no response, so it is counted as an error here."""
+        self.request_failed("cancelled")
+        self.error("cancelled")
+
+    def error(self, reason: str) -> None:
+        """An error response (any 4xx or 5xx) this replica's HTTP edge sent."""
         self.m[names.ERRORS.name].inc(1, tags={"model": self.tags["model"], "reason": reason})
 
     def queue_depth(self, images: int) -> None:
         self.m[names.QUEUE_DEPTH.name].set(images, tags=self.tags)
 
 
-class IngressMetrics:
-    """Errors the ingress answers itself (bad input, unknown model, back-pressure, timeouts)."""
+class CatalogMetrics:
+    """Error responses of the catalog (unknown models, auth, bad routes), under model "catalog"."""
 
     def __init__(self) -> None:
         self.errors = _make(names.ERRORS)
 
-    def error(self, model: str, reason: str) -> None:
-        self.errors.inc(1, tags={"model": model, "reason": reason})
+    def error(self, reason: str) -> None:
+        self.errors.inc(1, tags={"model": "catalog", "reason": reason})

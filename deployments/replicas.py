@@ -1,8 +1,13 @@
-"""Model replicas: GAN/VAE with request-level batching, diffusion with the step scheduler.
+"""Model replicas: each is its model's HTTP edge and runs its model, in one process.
 
-Plain classes; `deployments.app` makes them Ray Serve deployments. A replica answers with a
-`ReplicaResult`, never raises for an expected failure, so errors cross the Ray boundary as data.
-PNG encoding happens here, in a worker thread, not in the ingress.
+GAN/VAE batch requests with `@serve.batch` (counting images); diffusion runs the step
+scheduler. Plain classes: `deployments.app` makes them Serve ingress deployments, and Serve
+builds each replica's HTTP app from `__serve_build_asgi_app__` (the routes in
+`deployments.routes`). PNG encoding happens here, in a worker thread.
+
+Health: Serve calls `check_health` every few seconds; it fails when the replica cannot answer a
+1-image request in time (a stuck network call, a loop that never ends), so Serve replaces it,
+and the catalog's /readyz (through `ready`) reports it meanwhile.
 """
 
 from __future__ import annotations
@@ -10,146 +15,191 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ray
+from fastapi import FastAPI
 from ray import serve
 
 from deployments.metrics import ModelMetrics
+from deployments.routes import Images, model_app
+from service.cards import ModelCard
 from service.errors import DeadlineExceeded, GenserveError, Overloaded
-from service.generators import LatentJob, generate_latent
+from service.generators import generate_latent
 from service.images import encode_pngs
+from service.jobs import DiffusionJob, Job, LatentJob
 from service.registry import LoadedModel, load_model
 from service.runtime import Device
-from service.scheduler import DiffusionJob, StepScheduler
+from service.scheduler import StepScheduler
+from service.settings import Settings
 from service.stats import RequestStats, StepStats
 
-
-@dataclass(frozen=True)
-class ReplicaResult:
-    """PNG images and timings, or an error (reason, message, retry_after)."""
-
-    pngs: list[bytes]
-    grid: bytes | None = None
-    queue_seconds: float = 0.0
-    total_seconds: float = 0.0
-    error_reason: str | None = None
-    error_message: str = ""
-    retry_after: float | None = None
-
-    @classmethod
-    def failed(cls, e: GenserveError) -> ReplicaResult:
-        return cls([], error_reason=e.reason, error_message=e.message, retry_after=getattr(e, "retry_after", None))
-
-    def error(self) -> GenserveError | None:
-        """The error this result carries, rebuilt as its own class (so its HTTP status), or None."""
-        if self.error_reason is None:
-            return None
-        if self.error_reason == Overloaded.reason:
-            return Overloaded(self.error_message, retry_after=self.retry_after or 1.0)
-        if self.error_reason == DeadlineExceeded.reason:
-            return DeadlineExceeded(self.error_message)
-        return GenserveError(self.error_message)
-
-
-def _load(model_dir: str, name: str, device: Device, threads: int) -> LoadedModel:
-    return load_model(Path(model_dir) / name, device=device, intra_op_threads=threads)
+# A replica that cannot answer a 1-image request within this long is unhealthy. Far above a
+# batch's time under full load here (a 64-image GAN batch is ~0.1 s, a diffusion step ~0.1 s).
+HEALTH_PROBE_TIMEOUT_S = 20.0
 
 
 def remaining(deadline: float) -> float:
-    """Seconds left until a Unix-time deadline. Deadlines cross processes (and nodes) as wall
-    time, so the time a request spent queued before reaching the replica counts against it."""
+    """Seconds left until a Unix-time deadline."""
     return max(0.0, deadline - time.time())
 
 
-def ready_info(model: LoadedModel) -> dict[str, str]:
-    """What a readiness probe learns: the model, its ONNX provider, and the Ray node it runs on."""
-    return {"model": model.name, "provider": model.onnx.provider, "node_id": ray.get_runtime_context().get_node_id()}
+@dataclasses.dataclass(eq=False)
+class _Ticket:
+    """One GAN/VAE request in the batcher; `gone` once its client has left (nothing to compute)."""
+
+    job: LatentJob
+    submitted: float
+    grid: bool
+    gone: bool = False
 
 
-class LatentModelReplica:
+class _Replica:
+    """What every model replica shares: loading, metrics, HTTP app, health."""
+
+    def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
+        self.model: LoadedModel = load_model(Path(model_dir) / name, device=device, intra_op_threads=ort_threads)
+        self.metrics = ModelMetrics(name, self.model.card.family)
+        self.timeout_s = Settings().request_timeout_s
+
+    @property
+    def card(self) -> ModelCard:
+        return self.model.card
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return model_app(self, self.timeout_s, self.metrics.error)
+
+    async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
+        """Images for `job` by `deadline` (Unix time), recorded in the request metrics."""
+        return await self._generate(job, deadline, grid, self.metrics)
+
+    async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
+        raise NotImplementedError
+
+    def probe_job(self) -> Job:
+        raise NotImplementedError
+
+    async def probe(self) -> None:
+        """A 1-image request through the normal path; TimeoutError if it does not finish in time."""
+        try:
+            deadline = time.time() + HEALTH_PROBE_TIMEOUT_S
+            # Not recorded as a request: probes would show up as traffic.
+            await asyncio.wait_for(self._generate(self.probe_job(), deadline, False, None), HEALTH_PROBE_TIMEOUT_S)
+        except Overloaded:
+            pass  # a full queue refused it at once: the replica answers
+
+    async def ready(self) -> dict[str, str]:
+        """What readiness learns: the model, its ONNX provider, the node; raises when stuck."""
+        await self.probe()
+        return {
+            "model": self.model.name,
+            "provider": self.model.onnx.provider,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    async def check_health(self) -> None:
+        """Serve's replica health check."""
+        await self.probe()
+
+
+class LatentModelReplica(_Replica):
     """GAN or VAE: requests are batched by `@serve.batch`, counting images, not requests."""
 
     def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
-        self.model = _load(model_dir, name, device, ort_threads)
-        self.metrics = ModelMetrics(name, self.model.card.family)
+        super().__init__(model_dir, name, device, ort_threads)
         self.in_flight = 0
         self.max_batch_images = 64
+        self.max_queued_images = 1024
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        """Live batch knobs from `user_config`: max_batch_images, batch_wait_timeout_s."""
+        """Live knobs from `user_config`: max_batch_images, batch_wait_timeout_s, max_queued_images."""
         batcher: Any = self._generate_batch  # the @serve.batch wrapper carries the setters
         self.max_batch_images = int(config.get("max_batch_images", 64))
+        self.max_queued_images = int(config.get("max_queued_images", 1024))
         batcher.set_max_batch_size(self.max_batch_images)
         batcher.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
 
-    def ready(self) -> dict[str, str]:
-        return ready_info(self.model)
+    def probe_job(self) -> Job:
+        return LatentJob(seed=0, n=1, label=None if self.card.null_label is not None else 0)
 
-    async def generate(self, job: LatentJob, deadline: float, grid: bool = False) -> ReplicaResult:
-        """`deadline`: the request's deadline as a Unix time, set by the ingress at arrival."""
-        timeout_s = remaining(deadline)
+    async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
+        assert isinstance(job, LatentJob)
+        if self.in_flight + job.n > self.max_queued_images:
+            if metrics:
+                metrics.request_failed(Overloaded.reason)
+            raise Overloaded(
+                f"model {self.model.name!r} has {self.in_flight} images queued; "
+                f"limit {self.max_queued_images}, this request adds {job.n}"
+            )
         self.in_flight += job.n
         self.metrics.queue_depth(self.in_flight)
-        item = (job, time.monotonic(), grid)
+        ticket = _Ticket(job, time.monotonic(), grid)
         # A request as large as a batch runs alone (the batcher refuses items above its size).
-        call = self._alone(item) if job.n >= self.max_batch_images else self._generate_batch(item)
+        call = self._alone(ticket) if job.n >= self.max_batch_images else self._generate_batch(ticket)
         try:
-            result: ReplicaResult = await asyncio.wait_for(call, timeout_s)
+            out: Images | GenserveError = await asyncio.wait_for(call, remaining(deadline))
         except TimeoutError:
-            result = ReplicaResult.failed(DeadlineExceeded("request passed its deadline"))
+            out = DeadlineExceeded("request passed its deadline")
+        except asyncio.CancelledError:  # the client went away: its images are not computed
+            ticket.gone = True
+            if metrics:
+                metrics.cancelled()
+            raise
         finally:
             self.in_flight -= job.n
             self.metrics.queue_depth(self.in_flight)
-        if result.error_reason:
-            self.metrics.request_failed(result.error_reason)
-        else:
-            self.metrics.request_done(RequestStats(result.queue_seconds, result.total_seconds, 1), 0, job.n)
-        return result
+        if isinstance(out, GenserveError):
+            if metrics:
+                metrics.request_failed(out.reason)
+            raise out
+        if metrics:
+            metrics.request_done(RequestStats(out.queue_seconds, out.total_seconds, 1), 0, job.n)
+        return out
 
     # Two batches in flight: one batch's PNG encoding and hand-back overlap the next one's
     # network call (8-image GAN requests: 600 -> 790 images/s on 2 cores).
     @serve.batch(
         max_batch_size=64,
         batch_wait_timeout_s=0.005,
-        batch_size_fn=lambda items: sum(i[0].n for i in items),
+        batch_size_fn=lambda items: sum(t.job.n for t in items),
         max_concurrent_batches=2,
     )
-    async def _generate_batch(self, items: list[tuple[LatentJob, float, bool]]) -> list[ReplicaResult]:
-        return await self._run_batch(items)
+    async def _generate_batch(self, tickets: list[_Ticket]) -> list[Images | GenserveError]:
+        return await self._run_batch(tickets)
 
-    async def _alone(self, item: tuple[LatentJob, float, bool]) -> ReplicaResult:
-        return (await self._run_batch([item]))[0]
+    async def _alone(self, ticket: _Ticket) -> Images | GenserveError:
+        return (await self._run_batch([ticket]))[0]
 
-    async def _run_batch(self, items: list[tuple[LatentJob, float, bool]]) -> list[ReplicaResult]:
+    async def _run_batch(self, tickets: list[_Ticket]) -> list[Images | GenserveError]:
+        live = [t for t in tickets if not t.gone]
         started = time.monotonic()
-        jobs = [job for job, _, _ in items]
         try:
-            encoded = await asyncio.to_thread(self._run, jobs, [g for _, _, g in items])
+            encoded = await asyncio.to_thread(self._run, live) if live else []
         except Exception as e:
-            err = GenserveError(f"network call failed: {e}")
-            return [ReplicaResult.failed(err) for _ in items]
+            return [GenserveError(f"network call failed: {e}") for _ in tickets]
         done = time.monotonic()
-        rows = sum(j.n for j in jobs)
-        self.metrics.network_call(StepStats(rows, rows, len(jobs), done - started))
+        if live:
+            rows = sum(t.job.n for t in live)
+            self.metrics.network_call(StepStats(rows, rows, len(live), done - started))
+        by_ticket = dict(zip(map(id, live), encoded, strict=True))
+        gone = GenserveError("client went away")
         return [
-            ReplicaResult(p, g, started - sub, done - sub) for (p, g), (_, sub, _) in zip(encoded, items, strict=True)
+            Images(*by_ticket[id(t)], started - t.submitted, done - t.submitted) if id(t) in by_ticket else gone
+            for t in tickets
         ]
 
-    def _run(self, jobs: list[LatentJob], grids: list[bool]) -> list[tuple[list[bytes], bytes | None]]:
-        images = generate_latent(self.model, jobs)
-        vr = self.model.card.image.value_range
-        return [encode_pngs(im, vr, g) for im, g in zip(images, grids, strict=True)]
+    def _run(self, tickets: list[_Ticket]) -> list[tuple[list[bytes], bytes | None]]:
+        images = generate_latent(self.model, [t.job for t in tickets])
+        vr = self.card.image.value_range
+        return [encode_pngs(im, vr, t.grid) for im, t in zip(images, tickets, strict=True)]
 
 
-class DiffusionReplica:
+class DiffusionReplica(_Replica):
     """Diffusion: requests join the replica's `StepScheduler` and share every network call."""
 
     def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
-        self.model = _load(model_dir, name, device, ort_threads)
-        self.metrics = ModelMetrics(name, "diffusion")
+        super().__init__(model_dir, name, device, ort_threads)
         self.scheduler = StepScheduler(self.model, on_step=self._on_step)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -157,29 +207,32 @@ class DiffusionReplica:
         self.scheduler.max_batch = int(config.get("max_batch", 64))
         self.scheduler.max_queued_lanes = int(config.get("max_queued_images", 1024))
 
-    def ready(self) -> dict[str, str]:
-        return ready_info(self.model)
-
     def _on_step(self, stats: StepStats) -> None:
         self.metrics.network_call(stats)
         self.metrics.queue_depth(self.scheduler.queued_lanes)
 
-    async def generate(self, job: DiffusionJob, deadline: float, grid: bool = False) -> ReplicaResult:
-        """`deadline`: the request's deadline as a Unix time, set by the ingress at arrival."""
+    def probe_job(self) -> Job:
+        return DiffusionJob(seed=0, n=1, steps=1, label=None if self.card.null_label is not None else 0)
+
+    async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
+        assert isinstance(job, DiffusionJob)
         job = dataclasses.replace(job, deadline=time.monotonic() + remaining(deadline))
         try:
             result = await self.scheduler.submit(job)
         except GenserveError as e:
-            self.metrics.request_failed(e.reason)
-            return ReplicaResult.failed(e)
+            if metrics:
+                metrics.request_failed(e.reason)
+            raise
         except asyncio.CancelledError:
-            self.metrics.request_failed("cancelled")
+            if metrics:
+                metrics.cancelled()
             raise
         finally:
             self.metrics.queue_depth(self.scheduler.queued_lanes)
-        pngs, tiled = await asyncio.to_thread(encode_pngs, result.images, self.model.card.image.value_range, grid)
-        self.metrics.request_done(result.stats, job.steps, job.n)
-        return ReplicaResult(pngs, tiled, result.stats.queue_seconds, result.stats.total_seconds)
+        pngs, tiled = await asyncio.to_thread(encode_pngs, result.images, self.card.image.value_range, grid)
+        if metrics:
+            metrics.request_done(result.stats, job.steps, job.n)
+        return Images(pngs, tiled, result.stats.queue_seconds, result.stats.total_seconds)
 
 
 ReplicaClass = LatentModelReplica | DiffusionReplica

@@ -1,126 +1,26 @@
 """`make serve`: Ray Serve on this machine, every model in the model directory, on loopback.
 
-Starts a local Ray (CPU unless a GPU is present), runs the app from `deployments.app`, waits
-until every model answers, prints an example request, and serves until interrupted.
+Starts a local Ray (CPU unless a GPU is present) with HAProxy in front, runs the applications
+from `deployments.app`, waits until every model answers, prints an example request, and serves
+until interrupted. The helpers it uses (and the tests, bench and chaos use) are in
+`deployments.local`; this module is only the entry point.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import sys
-import threading
 import time
-import urllib.request
 
 from deployments.loopback import keep_ray_on_loopback
 
 if "ray" not in sys.modules:
     keep_ray_on_loopback()  # `make serve`: before ray is imported (other entry points call it first)
 
-import ray
-from ray import serve
-from ray.serve import Application
-
-from deployments.app import build_app
+from deployments.local import start
 
 EXAMPLE = {"n": 4, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "seed": 42}
-
-
-def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, object]:
-    """Polls /readyz until every model is ready; raises with the last status otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
-                body: dict[str, object] = json.loads(r.read())
-                if body.get("ready"):
-                    return body
-                last = body
-        except Exception as e:
-            last = e
-        time.sleep(1.0)
-    raise RuntimeError(f"genserve not ready after {timeout_s:.0f}s: {last}")
-
-
-# Workers inherit these from the driver (set them in the environment to override):
-# - On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report ready,
-#   and the controller then kills and restarts it in a loop.
-# - Serve's throughput mode: gRPC between proxy and replicas and between replicas, user code on
-#   the replica's own event loop, buffered request logs. On this 2-core machine it raised the
-#   empty-deployment ceiling and GAN requests/s (docs/benchmarks.md). HTTP still enters through
-#   Serve's proxy on `port`.
-RAY_ENV_DEFAULTS = {
-    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
-    "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-}
-
-
-class _DriverLoop:
-    """One event loop on a daemon thread for Serve handles used from synchronous driver code:
-    in Serve's throughput mode a handle's router and its controller updates live on the loop that
-    first used it, so that loop has to keep running."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-
-    @classmethod
-    def get(cls) -> asyncio.AbstractEventLoop:
-        if cls.loop is None:
-            cls.loop = asyncio.new_event_loop()
-            threading.Thread(target=cls.loop.run_forever, name="serve-handles", daemon=True).start()
-        return cls.loop
-
-
-def replica_ready(deployment: str, timeout_s: float = 30.0) -> dict[str, str]:
-    """`ready()` of one replica of `deployment`, called from synchronous driver code."""
-
-    async def call() -> dict[str, str]:
-        handle = serve.get_deployment_handle(deployment, app_name="genserve")
-        info: dict[str, str] = await asyncio.wait_for(handle.ready.remote(), timeout_s)
-        return info
-
-    return asyncio.run_coroutine_threadsafe(call(), _DriverLoop.get()).result(timeout_s + 5)
-
-
-def deploy(app: Application, access_log: bool = False) -> None:
-    """Runs (or replaces) the genserve application on the running Serve instance."""
-    logging = {"enable_access_log": access_log}
-    serve.run(app, name="genserve", route_prefix="/", blocking=False, logging_config=logging)
-
-
-def start(
-    model_dir: str,
-    host: str,
-    port: int,
-    metrics_port: int,
-    dashboard_port: int = 8265,
-    app: Application | None = None,
-    access_log: bool = False,
-) -> str:
-    """Starts Ray and the app (`build_app` on `model_dir` unless `app` is given); returns the base URL.
-
-    Ray's dashboard (on loopback) also writes the Prometheus service-discovery file that
-    `monitoring/prometheus.yml` reads.
-    """
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    ray.init(
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        _metrics_export_port=metrics_port,
-        _node_ip_address="127.0.0.1",
-        configure_logging=False,
-    )
-    serve.start(http_options={"host": host, "port": port}, logging_config={"enable_access_log": access_log})
-    deploy(app or build_app({"model_dir": model_dir}), access_log)
-    url = f"http://{host}:{port}"
-    wait_ready(url)
-    return url
 
 
 def main() -> None:
@@ -150,6 +50,9 @@ def main() -> None:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        import ray
+        from ray import serve
+
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
 

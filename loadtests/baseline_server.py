@@ -23,8 +23,9 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from service.cards import ModelCard, load_card
-from service.generators import LatentJob, job_latents
+from service.generators import job_latents
 from service.images import encode_pngs, png_bytes
+from service.jobs import LatentJob
 from service.samplers import make_plan, x0_from_output
 from service.schedules import alphas_cumprod_for, betas_for
 

@@ -245,9 +245,10 @@ def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
 
 def _library_once(model: Any, n: int) -> None:
     """One request's work in process: n images (diffusion: 20 steps) and their PNGs."""
-    from service.generators import LatentJob, generate_latent
+    from service.generators import generate_latent
     from service.images import encode_pngs
-    from service.scheduler import DiffusionJob, StepScheduler
+    from service.jobs import DiffusionJob, LatentJob
+    from service.scheduler import StepScheduler
 
     async def sample() -> np.ndarray:
         s = StepScheduler(model, max_batch=64)

@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from service.generators import LatentJob, generate_latent
+from service.generators import generate_latent
+from service.jobs import DiffusionJob, LatentJob
 from service.registry import LoadedModel, load_model
-from service.scheduler import DiffusionJob, StepScheduler
+from service.scheduler import StepScheduler
 
 DIFFUSION_STEPS = 20
 

@@ -23,10 +23,11 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from service.generators import LatentJob, generate_latent
+from service.generators import generate_latent
 from service.images import encode_pngs
+from service.jobs import DiffusionJob, LatentJob
 from service.registry import LoadedModel, load_model
-from service.scheduler import DiffusionJob, StepScheduler
+from service.scheduler import StepScheduler
 
 MAX_BATCH = 64
 

@@ -22,7 +22,8 @@ from ray.serve import Application
 from deployments.app import build_app
 from deployments.replicas import DiffusionReplica, ReplicaClass, ReplicaResult
 from service.images import encode_pngs, png_bytes
-from service.scheduler import DiffusionJob, StepScheduler
+from service.jobs import DiffusionJob
+from service.scheduler import StepScheduler
 
 
 class RequestLevelDiffusion(DiffusionReplica):

@@ -30,9 +30,10 @@ def authorized(header: str | None, keys: list[str]) -> bool:
     """True when auth is off (no keys) or `header` is `Bearer <one of the keys>`."""
     if not keys:
         return True
-    if not header or not header.startswith("Bearer "):
+    scheme, _, credentials = (header or "").partition(" ")
+    if scheme.lower() != "bearer":  # auth schemes are case-insensitive (RFC 9110, 11.1)
         return False
-    token = header[len("Bearer ") :].encode()
+    token = credentials.strip().encode()
     # Check every key, whatever matches, so the time taken does not depend on which one did.
     matches = [hmac.compare_digest(token, k.encode()) for k in keys]
     return any(matches)

@@ -48,3 +48,11 @@ class ModelLoadError(GenserveError):
 
     status = 500
     reason = "model_load"
+
+
+class TooCostly(GenserveError):
+    """Valid, but more work than a replica could finish before the request's deadline even when
+    idle: retrying cannot help, so this is a 4xx, never a 503."""
+
+    status = 422
+    reason = "too_costly"

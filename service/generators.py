@@ -6,41 +6,28 @@ so a request's images do not depend on what else shares the batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from service.jobs import LatentJob
+from service.noise import image_rng
 from service.registry import LoadedModel
 
-
-@dataclass(frozen=True)
-class LatentJob:
-    """One request to a GAN or VAE, already validated.
-
-    `label` is a card label index or None (unconditional); `truncation` (GAN) resamples latent
-    entries beyond +-truncation; `temperature` (VAE) scales the prior's standard deviation.
-    """
-
-    seed: int
-    n: int
-    label: int | None = None
-    truncation: float | None = None
-    temperature: float = 1.0
-
-
-def image_rng(seed: int, index: int) -> np.random.Generator:
-    """The noise source of image `index` of a request with `seed`: independent of batching."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, index])))
+# Far beyond what any accepted truncation needs (see service.jobs.MIN_TRUNCATION).
+MAX_REDRAWS = 100_000
 
 
 def truncated_normal(rng: np.random.Generator, size: int, bound: float) -> np.ndarray:
-    """Standard normal draws with every entry beyond +-bound redrawn (BigGAN's truncation trick)."""
+    """Standard normal draws with every entry beyond +-bound redrawn (BigGAN's truncation trick).
+
+    The redraws are bounded: a bound too small to finish (the API refuses below MIN_TRUNCATION)
+    raises instead of computing forever."""
     z = rng.standard_normal(size)
-    while True:
+    for _ in range(MAX_REDRAWS):
         out = np.abs(z) > bound
         if not out.any():
             return z
         z[out] = rng.standard_normal(int(out.sum()))
+    raise ValueError(f"truncation {bound} is too small: entries still outside after {MAX_REDRAWS} redraws")
 
 
 def job_latents(job: LatentJob, latent_dim: int) -> np.ndarray:

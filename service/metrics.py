@@ -98,7 +98,8 @@ REQUESTS = MetricSpec(
 ERRORS = MetricSpec(
     "genserve_errors_total",
     "counter",
-    "Errors by reason: invalid_request, model_not_found, overloaded, deadline_exceeded, cancelled, internal.",
+    "Every 4xx/5xx response by its error code (invalid_request, too_costly, model_not_found, unauthorized, "
+    "body_too_large, headers_too_large, overloaded, deadline_exceeded, internal, ...), and cancelled requests.",
     ("model", "reason"),
 )
 

@@ -9,8 +9,10 @@ over gains priority with every iteration it waits (no starvation).
 
 Admission: a request is refused at once (Overloaded, with a Retry-After) when the queue holds
 `max_queued_lanes` images, or when the work already queued plus its own, at the rows per
-second the replica has been doing, would not finish well before its deadline
-(`ADMISSION_MARGIN`): under overload a client gets a fast 503 instead of a late 504.
+second the replica has been doing, would not drain before the finish promised to every queued
+request (a share `ADMISSION_MARGIN` of each one's deadline): under overload a client gets a fast
+503 instead of a late 504. A request too large to meet its own promise on an idle replica gets
+a definitive 422 (TooCostly) naming its cost and what the replica can take.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, GenserveError, Overloaded
-from service.generators import image_rng, resolve_label
+from service.errors import DeadlineExceeded, GenserveError, Overloaded, TooCostly
+from service.generators import resolve_label
+from service.jobs import DiffusionJob
+from service.noise import image_rng
 from service.registry import LoadedModel
-from service.samplers import SamplerName, SamplerPlan, make_plan, x0_from_output
-from service.schedules import Spacing
+from service.samplers import SamplerPlan, make_plan, x0_from_output
 from service.stats import RequestStats, StepStats
 
 # Admit a request only if its estimated finish falls within this share of its remaining
@@ -36,21 +39,6 @@ from service.stats import RequestStats, StepStats
 # as refused requests take their share of the CPU: at 3x overload on 2 cores, 0.8 let 0.5% of
 # admitted requests pass their deadline, and 0.5 none in one run but 0.7% in another.
 ADMISSION_MARGIN = 0.35
-
-
-@dataclass(frozen=True)
-class DiffusionJob:
-    """One validated diffusion request; `deadline` is a `time.monotonic()` instant or None."""
-
-    seed: int
-    n: int
-    steps: int
-    sampler: SamplerName = "dpmpp_2m"
-    label: int | None = None
-    guidance: float = 1.0
-    eta: float = 0.0
-    spacing: Spacing = "trailing"
-    deadline: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +56,7 @@ class _Request:
     images: np.ndarray
     remaining: int
     submitted: float
+    promise: float | None = None  # the monotonic instant admission expects it to finish by
     first_step: float | None = None
     iterations: int = 0
 
@@ -140,36 +129,20 @@ class StepScheduler:
         """Seconds until `job` would finish if admitted now, or None before the first iteration."""
         if self._rows_per_s is None:
             return None
-        return (self.queued_rows + job.n * job.steps * self._rows_for(job)) / self._rows_per_s
+        return (self.queued_rows + job.cost) / self._rows_per_s
 
     @property
     def queued_lanes(self) -> int:
         """Lanes (images) waiting or in progress: the queue depth."""
         return len(self._lanes)
 
-    def _rows_for(self, job: DiffusionJob) -> int:
-        return 2 if job.label is not None and job.guidance != 1.0 else 1
-
     async def submit(self, job: DiffusionJob) -> DiffusionResult:
         """Queues the job's images and waits for them; cancelling the caller drops its lanes."""
-        if self.queued_lanes + job.n > self.max_queued_lanes:
-            raise Overloaded(
-                f"model {self.model.name!r} has {self.queued_lanes} images queued; "
-                f"limit {self.max_queued_lanes}, this request adds {job.n}"
-            )
-        wait = self.estimated_wait(job)
-        if wait is not None and job.deadline is not None:
-            budget = job.deadline - time.monotonic()
-            if wait > ADMISSION_MARGIN * budget:
-                raise Overloaded(
-                    f"model {self.model.name!r} would finish this request in about {wait:.0f}s; its deadline "
-                    f"is {budget:.0f}s away and work is admitted only if it should finish within "
-                    f"{ADMISSION_MARGIN:.0%} of that",
-                    retry_after=max(1.0, round(wait - budget)),
-                )
+        promise = self._admit(job)
         loop = asyncio.get_running_loop()
         shape = self.model.card.image_shape
         req = _Request(job, loop.create_future(), np.zeros((job.n, *shape), np.float32), job.n, time.monotonic())
+        req.promise = promise
         self._add_lanes(req)
         self._ensure_loop()
         try:
@@ -178,12 +151,54 @@ class StepScheduler:
             self._drop(req, None)
             raise
 
+    def _admit(self, job: DiffusionJob) -> float | None:
+        """The instant by which `job` should finish if admitted; raises if it cannot be admitted.
+
+        A newly admitted request can delay every queued one (short lanes go first), so it is
+        admitted only if all queued work plus its own drains, at the measured pace, before the
+        earliest finish promised to any queued request and before its own promise. A request
+        that would miss its promise even on an idle replica is refused for good (TooCostly),
+        not with a 503 a client would retry forever."""
+        if self.queued_lanes + job.n > self.max_queued_lanes:
+            raise Overloaded(
+                f"model {self.model.name!r} has {self.queued_lanes} images queued; "
+                f"limit {self.max_queued_lanes}, this request adds {job.n}"
+            )
+        now = time.monotonic()
+        promise = None if job.deadline is None else now + ADMISSION_MARGIN * (job.deadline - now)
+        pace = self._rows_per_s
+        if pace is None or promise is None or job.deadline is None:
+            return promise
+        alone = job.cost / pace
+        if alone > promise - now:
+            most = int(pace * (promise - now))
+            raise TooCostly(
+                f"this request is {job.cost} network rows (n x steps x rows = {job.n} x {job.steps} x {job.rows}); "
+                f"model {self.model.name!r} runs about {pace:.0f} rows/s, so it needs about {alone:.0f}s alone, more "
+                f"than the {promise - now:.0f}s it may take ({ADMISSION_MARGIN:.0%} of its {job.deadline - now:.0f}s "
+                f"deadline). The most this replica takes in one request is about {most} rows: ask for fewer images "
+                f"or steps",
+                field="steps",
+            )
+        wait = (self.queued_rows + job.cost) / pace
+        earliest = min([promise, *(r.promise for r in self._requests() if r.promise is not None)])
+        if now + wait > earliest:
+            raise Overloaded(
+                f"model {self.model.name!r} would finish its queued work and this request in about {wait:.0f}s, "
+                f"past the {earliest - now:.0f}s by which a queued request (or this one) should finish",
+                retry_after=max(1.0, round(now + wait - earliest)),
+            )
+        return promise
+
+    def _requests(self) -> set[_Request]:
+        return {lane.request for lane in self._lanes}
+
     def _add_lanes(self, req: _Request) -> None:
         job = req.job
         assert self.model.alphas_cumprod is not None
         plan = make_plan(job.sampler, job.steps, self.model.alphas_cumprod, job.eta, job.spacing)
         label = resolve_label(self.model, job.label)
-        guided = self._rows_for(job) == 2
+        guided = job.rows == 2
         shape = self.model.card.image_shape
         self._seq += 1
         for i in range(job.n):
@@ -207,7 +222,7 @@ class StepScheduler:
             req.future.set_exception(error)
 
     def _expire(self, now: float) -> None:
-        for req in {lane.request for lane in self._lanes}:
+        for req in self._requests():
             if req.job.deadline is not None and now > req.job.deadline:
                 self._drop(req, DeadlineExceeded(f"request passed its deadline after {now - req.submitted:.2f}s"))
 
@@ -314,7 +329,7 @@ class StepScheduler:
 
     async def close(self) -> None:
         """Stops the loop, failing whatever is still queued."""
-        for req in {lane.request for lane in self._lanes}:
+        for req in self._requests():
             self._drop(req, Overloaded("scheduler is shutting down"))
         if self._loop_task is not None:
             self._loop_task.cancel()

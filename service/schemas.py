@@ -3,6 +3,9 @@
 Bounds that depend on the model (labels, T) or the server (limits) are checked against the
 validation context: `Request.model_validate(body, context={"card": card, "limits": limits})`.
 Validated requests become frozen job dataclasses with `to_job()`.
+
+Types are strict: JSON `true` is not an integer and `"1"` is not a number, since a wrong type is
+surely a client bug; NaN and infinities are refused.
 """
 
 from __future__ import annotations
@@ -13,9 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.cards import ModelCard
-from service.generators import LatentJob
+from service.jobs import MIN_TRUNCATION, DiffusionJob, LatentJob, network_rows
 from service.samplers import SamplerName
-from service.scheduler import DiffusionJob
 from service.settings import Limits
 
 MAX_SEED = 2**63 - 1
@@ -27,8 +29,11 @@ def _ctx(info: ValidationInfo) -> tuple[ModelCard | None, Limits]:
     return ctx.get("card"), ctx.get("limits") or Limits()
 
 
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
 class _GenerateBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     n: int = Field(1, ge=1, description="Number of images.")
     seed: Seed | None = None
@@ -64,9 +69,11 @@ class _GenerateBase(BaseModel):
 class GanGenerateRequest(_GenerateBase):
     """Images from a GAN."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n": 4, "label": 7, "seed": 42}]})
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"n": 4, "label": 7, "seed": 42}]})
 
-    truncation: float | None = Field(None, gt=0, le=4, description="Resample latent entries beyond +-truncation.")
+    truncation: float | None = Field(
+        None, ge=MIN_TRUNCATION, le=4, description="Resample latent entries beyond +-truncation."
+    )
 
     def to_job(self) -> LatentJob:
         return LatentJob(self.resolved_seed(), self.n, self.label, truncation=self.truncation)
@@ -75,7 +82,7 @@ class GanGenerateRequest(_GenerateBase):
 class VaeGenerateRequest(_GenerateBase):
     """Images decoded from a VAE's prior."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n": 4, "label": 2, "seed": 7}]})
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"n": 4, "label": 2, "seed": 7}]})
 
     temperature: float = Field(1.0, ge=0, le=2, description="Scale of the prior's standard deviation.")
 
@@ -87,7 +94,7 @@ class DiffusionGenerateRequest(_GenerateBase):
     """Images from a diffusion model."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        **STRICT,
         json_schema_extra={
             "examples": [{"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0, "seed": 42}]
         },
@@ -120,7 +127,7 @@ class DiffusionGenerateRequest(_GenerateBase):
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionGenerateRequest:
         limits = _ctx(info)[1]
-        rows = 2 if self.label is not None and self.guidance != 1.0 else 1
+        rows = network_rows(self.label, self.guidance)
         cost = self.n * self.steps * rows
         if cost > limits.max_cost:
             raise ValueError(

@@ -18,12 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from service.evaluation import Quality, quality
-from service.generators import LatentJob, generate_latent
+from service.generators import generate_latent
 from service.images import grid, to_uint8
+from service.jobs import DiffusionJob, LatentJob
 from service.registry import LoadedModel, load_model
 from service.runtime import OnnxModel
 from service.samplers import SamplerName
-from service.scheduler import DiffusionJob, StepScheduler
+from service.scheduler import StepScheduler
 from training.data import load_split
 
 N_EVAL = 1000

@@ -76,3 +76,28 @@ def test_auth_is_on_in_compose_and_on_the_cluster() -> None:
         "name": "GENSERVE_API_KEYS",
         "valueFrom": {"secretKeyRef": {"name": "genserve-api-keys", "key": "keys"}},
     } in env
+
+
+def test_every_node_runs_the_serve_mode_that_was_benchmarked() -> None:
+    """HAProxy ingress, throughput mode and the wrapper's settings on the head and on every
+    worker, in compose and on the cluster, equal to what `make serve` runs with."""
+    from deployments.local import ray_environment
+
+    shipped = dict(
+        line.split("=", 1) for line in (ROOT / "docker" / "serve.env").read_text().splitlines() if "=" in line
+    )
+    local = ray_environment(loopback=False)
+    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "GENSERVE_MAX_BODY_BYTES"):
+        assert shipped[key] == local[key], key
+    assert shipped["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/app/deployments/haproxy/haproxy-genserve"
+    assert (ROOT / "deployments" / "haproxy" / "haproxy-genserve").stat().st_mode & 0o111
+    assert int(shipped["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"]) > 120, "above the request deadline"
+    services = compose()["services"]
+    assert services["ray-head"]["env_file"] == services["ray-gpu-worker"]["env_file"] == "docker/serve.env"
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    cluster = manifest["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for pod in pods:
+        env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert {k: env.get(k) for k in shipped} == shipped
+        assert "GENSERVE_API_KEYS" in env

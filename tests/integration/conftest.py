@@ -31,11 +31,14 @@ def server() -> Iterator[Server]:
     import ray
     from ray import serve
 
-    from deployments.run import start
+    from deployments.local import start
 
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     port, metrics_port = free_port(), free_port()
-    url = start(str(SHIPPED), "127.0.0.1", port, metrics_port, dashboard_port=free_port())
+    haproxy_ports = (free_port(), free_port())
+    url = start(
+        str(SHIPPED), "127.0.0.1", port, metrics_port, dashboard_port=free_port(), haproxy_ports=haproxy_ports
+    )
     try:
         yield Server(url, f"http://127.0.0.1:{metrics_port}/metrics", SHIPPED)
     finally:

@@ -14,8 +14,15 @@ def test_no_keys_means_auth_is_off() -> None:
 def test_only_a_configured_bearer_token_passes() -> None:
     keys = ["alpha-key", "beta-key"]
     assert authorized("Bearer beta-key", keys)
-    for bad in (None, "", "beta-key", "Bearer beta-ke", "Bearer beta-key2", "Basic YWxwaGE6", "bearer alpha-key"):
+    for bad in (None, "", "beta-key", "Bearer beta-ke", "Bearer beta-key2", "Basic YWxwaGE6", "Bearerbeta-key"):
         assert not authorized(bad, keys), bad
+
+
+def test_the_bearer_scheme_is_matched_case_insensitively() -> None:
+    # RFC 9110, 11.1: the scheme is a case-insensitive token; the credentials are not.
+    for good in ("bearer alpha-key", "BEARER alpha-key", "BeArEr alpha-key"):
+        assert authorized(good, ["alpha-key"]), good
+    assert not authorized("bearer ALPHA-KEY", ["alpha-key"])
 
 
 def test_keys_come_from_the_environment_and_a_secrets_file(tmp_path: Path) -> None:

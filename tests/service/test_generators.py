@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.generators import LatentJob, generate_latent, image_rng, job_latents, truncated_normal
+from service.generators import generate_latent, job_latents, truncated_normal
+from service.jobs import LatentJob
+from service.noise import image_rng
 from service.registry import LoadedModel, load_model
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import threading
 import time
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import DeadlineExceeded, Overloaded
+from service.errors import DeadlineExceeded, Overloaded, TooCostly
+from service.jobs import DiffusionJob
 from service.registry import LoadedModel, load_model
-from service.scheduler import DiffusionJob, StepScheduler
+from service.scheduler import StepScheduler
 from service.stats import StepStats
 
 
@@ -207,13 +209,47 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(mod
         wait = s.estimated_wait(probe)
         assert wait is not None and wait > 0
         queued = s.queued_lanes
-        with pytest.raises(Overloaded, match="its deadline is") as refused:
+        with pytest.raises(Overloaded, match="should finish") as refused:
             await s.submit(dataclasses.replace(probe, deadline=time.monotonic() + wait))
         assert refused.value.retry_after >= 1.0
         assert s.queued_lanes == queued  # a refused request leaves nothing behind
         ok = await s.submit(dataclasses.replace(probe, deadline=time.monotonic() + 4 * wait + 5))
         assert ok.images.shape[0] == 1
         long.cancel()
+        await s.close()
+
+    run(scenario())
+
+
+def test_a_request_too_large_for_an_idle_replica_gets_a_definitive_422(model: LoadedModel) -> None:
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=4)
+        s._rows_per_s = 100.0  # as if measured: 100 network rows per second
+        job = DiffusionJob(seed=0, n=2, steps=500, deadline=time.monotonic() + 10.0)  # 1000 rows: ~10 s
+        with pytest.raises(TooCostly, match="1000 network rows") as refused:
+            await s.submit(job)
+        assert refused.value.status == 422
+        assert re.search(r"takes in one request is about 3[45]\d rows", refused.value.message)  # 35% of 10 s
+        assert s.queued_lanes == 0
+        await s.close()
+
+    run(scenario())
+
+
+def test_admission_keeps_the_promise_made_to_requests_already_queued(model: LoadedModel) -> None:
+    """A new request, however distant its own deadline, is refused if its work would delay a
+    queued request past the finish admission promised it (short lanes run first)."""
+
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=4)
+        s._rows_per_s = 100.0
+        first = asyncio.ensure_future(s.submit(DiffusionJob(seed=0, n=1, steps=50, deadline=time.monotonic() + 10)))
+        await asyncio.sleep(0)
+        s._rows_per_s = 100.0
+        late = DiffusionJob(seed=1, n=1, steps=300, deadline=time.monotonic() + 10_000)
+        with pytest.raises(Overloaded, match="should finish"):
+            await s.submit(late)  # alone 3 s is fine for it; 3.5 s of work breaks the first's 3.5 s
+        await first
         await s.close()
 
     run(scenario())

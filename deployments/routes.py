@@ -1,0 +1,171 @@
+"""The routes: a model's own (`/v1/models/{name}` and its `/generate`) and the catalog's.
+
+Each model replica serves its model's routes itself, so a generate request crosses HAProxy and
+that one Python process. The catalog serves the model list, health, readiness and the one
+OpenAPI document that covers every route (the model routes appear there under `{name}`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
+from service.cards import ModelCard
+from service.errors import ModelNotFound, Overloaded
+from service.jobs import Job
+from service.schemas import (
+    REQUEST_SCHEMAS,
+    ErrorResponse,
+    GeneratedImage,
+    GenerateResponse,
+    ModelInfo,
+    Timings,
+)
+from service.settings import Limits
+
+GENERATE_ERRORS: dict[int | str, dict[str, Any]] = {
+    s: {"model": ErrorResponse} for s in (401, 404, 413, 422, 431, 503, 504)
+}
+
+
+@dataclass(frozen=True)
+class Images:
+    """What a model answers: PNG bytes per image, the optional grid, and timings."""
+
+    pngs: list[bytes]
+    grid: bytes | None
+    queue_seconds: float
+    total_seconds: float
+
+
+class ModelBackend(Protocol):
+    """A model replica as its routes see it."""
+
+    @property
+    def card(self) -> ModelCard: ...
+
+    async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
+        """Images for `job` by `deadline` (Unix time), or a GenserveError."""
+        ...
+
+
+def generate_response(name: str, seed: int, out: Images) -> GenerateResponse:
+    images = [
+        GeneratedImage(png_base64=base64.b64encode(p).decode("ascii"), seed=seed, index=i)
+        for i, p in enumerate(out.pngs)
+    ]
+    timings = Timings(
+        queue_seconds=out.queue_seconds,
+        compute_seconds=out.total_seconds - out.queue_seconds,
+        total_seconds=out.total_seconds,
+    )
+    grid = base64.b64encode(out.grid).decode("ascii") if out.grid is not None else None
+    return GenerateResponse(model=name, images=images, grid_png_base64=grid, timings=timings)
+
+
+def openapi_body() -> dict[str, Any]:
+    schemas = {fam: cls.model_json_schema() for fam, cls in REQUEST_SCHEMAS.items()}
+    examples = {fam: {"summary": f"a {fam} request", "value": s.get("examples", [{}])[0]} for fam, s in schemas.items()}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"oneOf": list(schemas.values())}, "examples": examples}},
+        }
+    }
+
+
+def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) -> FastAPI:
+    """The HTTP app of one model replica, mounted by Serve at `/v1/models/{name}`."""
+    card = backend.card
+    schema = REQUEST_SCHEMAS[card.family]
+    limits = Limits()
+    app = make_app(f"genserve model {card.name}", record)
+
+    @app.get("/")
+    async def info() -> ModelInfo:
+        return ModelInfo.from_card(card, limits)
+
+    @app.post("/generate", response_model=GenerateResponse)
+    async def generate(request: Request) -> GenerateResponse:
+        deadline = time.time() + timeout_s  # Unix time: the deadline may cross processes
+        req = parse_request(await request.body(), schema, card, limits)
+        job = req.to_job()
+        out = await backend.generate(job, deadline, req.grid)
+        return generate_response(card.name, job.seed, out)
+
+    return app
+
+
+ReadyProbe = Callable[[str], Awaitable[dict[str, str]]]
+PROBE_TIMEOUT_S = 5.0
+
+
+def catalog_app(
+    cards: dict[str, ModelCard], broken: dict[str, str], probe: ReadyProbe, record: ErrorRecorder
+) -> FastAPI:
+    """The catalog: model list, health, readiness, and OpenAPI for every route."""
+    limits = Limits()
+    app = make_app(
+        "genserve",
+        record,
+        docs=True,
+        description="Images from GAN, VAE and diffusion models. `GET /v1/models` lists what is served.",
+    )
+
+    def card_of(name: str) -> ModelCard:
+        card = cards.get(name)
+        if card is None:
+            raise ModelNotFound(f"no model named {name!r}; GET /v1/models lists them")
+        return card
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"model": ErrorResponse}})
+    async def readyz() -> JSONResponse:
+        status: dict[str, str] = {name: f"broken: {msg}" for name, msg in broken.items()}
+
+        async def ping(name: str) -> None:
+            try:
+                await asyncio.wait_for(probe(name), timeout=PROBE_TIMEOUT_S)
+                status[name] = "ready"
+            except TimeoutError:
+                status[name] = f"not ready: no answer to a 1-image request within {PROBE_TIMEOUT_S:.0f}s"
+            except Exception as e:
+                status[name] = f"not ready: {type(e).__name__}: {e}"[:300]
+
+        await asyncio.gather(*(ping(n) for n in cards))
+        ok = all(v == "ready" for v in status.values())
+        headers = None if ok else {ERROR_CODE_HEADER: "not_ready"}
+        return JSONResponse({"ready": ok, "models": status}, status_code=200 if ok else 503, headers=headers)
+
+    @app.get("/v1/models")
+    async def list_models() -> list[ModelInfo]:
+        return [ModelInfo.from_card(c, limits) for c in cards.values()]
+
+    @app.get("/v1/models/{name}", responses={404: {"model": ErrorResponse}})
+    async def get_model(name: str) -> ModelInfo:
+        return ModelInfo.from_card(card_of(name), limits)
+
+    @app.post(
+        "/v1/models/{name}/generate",
+        response_model=GenerateResponse,
+        responses=GENERATE_ERRORS,
+        openapi_extra=openapi_body(),
+        description="Served by the model's own replicas; the catalog answers only for names it does not serve.",
+    )
+    async def generate(name: str) -> JSONResponse:
+        card_of(name)
+        # A served model's requests go to its own replicas; one arrives here only while it has none.
+        raise Overloaded(f"model {name!r} has no running replica; retry", retry_after=2.0)
+
+    return app
