@@ -168,7 +168,8 @@ def process_label(p: Any) -> str:
     except Exception:
         return "gone"
     for key in (
-        "ServeReplica:genserve:",
+        "ServeReplica:",
+        "haproxy",
         "ServeController",
         "ProxyActor",
         "raylet",
@@ -181,8 +182,8 @@ def process_label(p: Any) -> str:
         "triton_server",
     ):
         if key in title:
-            if key == "ServeReplica:genserve:":
-                return title.split(key)[1].split()[0]
+            if key == "ServeReplica:":  # ServeReplica:<app>:<deployment>[.<method>]
+                return title.split(key)[1].split()[0].split(":")[-1].split(".")[0]
             return key
     return "other"
 
@@ -292,7 +293,7 @@ def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from deployments.app import build_app
+    from deployments.app import build_apps
     from loadtests.flops import flops_per_row, matmul_peak
     from loadtests.variants import empty_app, request_level_app
 
@@ -349,11 +350,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
     from ray import serve
 
-    from deployments.run import deploy, start, wait_ready
+    from deployments.local import deploy, start, wait_ready
 
     base_args = {"model_dir": str(ROOT / "exported"), "ort_threads": ORT_THREADS}
     print("genserve (Ray Serve)", flush=True)
-    url = start(str(ROOT / "exported"), "127.0.0.1", 8300, 8301, 8302, app=build_app(base_args))
+    url = start(str(ROOT / "exported"), "127.0.0.1", 8300, 8301, 8302, apps=build_apps(base_args))
     try:
         gs = Peer(
             "genserve",
@@ -366,7 +367,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         variants = [
             (
                 Peer("nobatch", "genserve, max batch 1", ("gan-1", "gan-8", "diffusion-20")),
-                build_app({**base_args, "max_batch": 1}),
+                build_apps({**base_args, "max_batch": 1}),
             ),
             (Peer("reqlevel", "genserve, request-level diffusion batching", ("mixed",)), request_level_app(base_args)),
             (

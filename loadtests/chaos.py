@@ -7,7 +7,8 @@ accounted for:
   seconds. Each request must get its images or a 503 with Retry-After, within its deadline;
   replica memory is sampled throughout; afterwards, the time until latency is back to idle.
 - replica kill: SIGKILL of the diffusion model replica under mixed GAN + diffusion load.
-- ingress kill: SIGKILL of the ingress replica (which also answers HTTP in Serve's throughput mode).
+- ingress kill: SIGKILL of the GAN model replica, which is the HTTP edge of GAN requests (HAProxy
+  sends them straight to it) under the same mixed load.
 - disconnect: a client abandons a long diffusion request; the queue-depth metric must fall to 0.
 - node loss (`--node-loss`): a two-worker Ray cluster on this machine; the worker node running
   the diffusion replica is killed under load; Serve must place it on the other node.
@@ -68,7 +69,9 @@ def replica_processes(deployment: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(f"ServeReplica:genserve:{deployment}" in part for part in p.info["cmdline"] or []):
+            if any(
+                re.search(rf"ServeReplica:[^:\s]+:{re.escape(deployment)}\b", part) for part in p.info["cmdline"] or []
+            ):
                 found.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -90,7 +93,7 @@ class MemoryWatch:
             for p in psutil.process_iter(["cmdline", "memory_info"]):
                 try:
                     title = " ".join(p.info["cmdline"] or [])
-                    m = re.search(r"ServeReplica:genserve:(\S+)", title)
+                    m = re.search(r"ServeReplica:[^:\s]+:(\S+)", title)
                     if m and p.info["memory_info"] is not None:
                         name = m.group(1).split(".")[0]  # Ray appends the running method to the title
                         mib = p.info["memory_info"].rss / 2**20
@@ -274,12 +277,14 @@ def genserve(quick: bool) -> Iterator[tuple[str, str]]:
     import ray
     from ray import serve
 
-    from deployments.run import start
+    from deployments.local import start
 
     os.environ.setdefault("RAY_metrics_report_interval_ms", "500")
     os.environ["GENSERVE_REQUEST_TIMEOUT_S"] = str(DEADLINE_S)
     port, metrics_port = free_port(), free_port()
-    url = start(str(ROOT / "exported"), "127.0.0.1", port, metrics_port, free_port())
+    url = start(
+        str(ROOT / "exported"), "127.0.0.1", port, metrics_port, free_port(), haproxy_ports=(free_port(), free_port())
+    )
     try:
         yield url, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
@@ -293,26 +298,25 @@ def node_loss(seconds: float) -> dict[str, Any]:
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from deployments.app import build_app, model_deployment_name
-    from deployments.run import RAY_ENV_DEFAULTS, deploy, replica_ready, wait_ready
+    from deployments.app import build_apps, model_deployment_name
+    from deployments.local import apply_ray_environment, deploy, replica_ready, wait_ready
     from service.cards import discover
 
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
     os.environ["GENSERVE_REQUEST_TIMEOUT_S"] = str(DEADLINE_S)
+    apply_ray_environment(stats_port=free_port(), haproxy_metrics_port=free_port())
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
     ray.init(address=cluster.address)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # One HAProxy, on the head: the nodes share this machine's ports.
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         gpu = {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0.25}}
         options = {model_deployment_name(p.name): dict(gpu) for p in discover(ROOT / "exported")}
-        deploy(build_app({"model_dir": str(ROOT / "exported"), "deployment_options": options}))
+        deploy(build_apps({"model_dir": str(ROOT / "exported"), "deployment_options": options}))
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
-        diffusion = model_deployment_name("diffusion")
-        node_id = replica_ready(diffusion)["node_id"]
+        node_id = replica_ready("diffusion")["node_id"]
         victim = next(n for n in workers if n.node_id == node_id)
         outcomes: list[Outcome] = []
 
@@ -329,7 +333,7 @@ def node_loss(seconds: float) -> dict[str, Any]:
         new_node = node_id
         while new_node == node_id and time.monotonic() - t_kill < 180:
             try:
-                new_node = replica_ready(diffusion, timeout_s=10)["node_id"]
+                new_node = replica_ready("diffusion", timeout_s=10)["node_id"]
             except Exception:
                 time.sleep(0.25)
         probe = Call("/v1/models/diffusion/generate", {"n": 1, "steps": 5, "seed": 8}, 1)
@@ -364,7 +368,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["replica_kill"] = kill_under_load(url, "model-diffusion", probe, 6.0, fault_s)
         print("ingress kill", flush=True)
         probe = Call("/v1/models/gan/generate", {"n": 1, "seed": 9}, 1)
-        report["ingress_kill"] = kill_under_load(url, "ingress", probe, 6.0, fault_s)
+        # The GAN replica is the HTTP edge of GAN requests: HAProxy sends them straight to it.
+        report["ingress_kill"] = kill_under_load(url, "model-gan", probe, 6.0, fault_s)
         print("disconnect", flush=True)
         report["disconnect"] = disconnect(url, metrics_url)
     if args.node_loss:

@@ -21,8 +21,8 @@ import requests
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from deployments.app import build_app, model_deployment_name
-from deployments.run import replica_ready, wait_ready
+from deployments.app import build_apps, model_deployment_name
+from deployments.local import apply_ray_environment, deploy, replica_ready, wait_ready
 from loadtests.loadgen import free_port
 from service.cards import discover
 
@@ -31,7 +31,7 @@ DIFFUSION = model_deployment_name("diffusion")
 
 
 def running_replicas(deployment: str) -> int:
-    status = serve.status().applications["genserve"].deployments[deployment]
+    status = serve.status().applications[deployment].deployments[deployment]  # app and deployment share a name
     return int(status.replica_states.get("RUNNING", 0))
 
 
@@ -54,30 +54,27 @@ def wait_for(predicate: Any, timeout: float) -> float | None:
 
 
 def run(model_dir: str, upscale_timeout: float, downscale_timeout: float) -> dict[str, Any]:
+    apply_ray_environment(stats_port=free_port(), haproxy_metrics_port=free_port())
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False})
     gpu_nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(GPU_NODES)]
     ray.init(address=cluster.address)
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        # One HAProxy, on the head: the nodes share this machine's ports.
+        serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
         gpu = {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0.25}}
         options = {model_deployment_name(p.name): dict(gpu) for p in discover(Path(model_dir))}
         options[DIFFUSION]["autoscaling_config"] = {
             "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 1,
             "upscale_delay_s": 2, "downscale_delay_s": 5, "metrics_interval_s": 1, "look_back_period_s": 3,
         }  # fmt: skip
-        serve.run(
-            build_app({"model_dir": model_dir, "deployment_options": options}),
-            name="genserve",
-            route_prefix="/",
-            blocking=False,
-        )
+        deploy(build_apps({"model_dir": model_dir, "deployment_options": options}))
         url = f"http://127.0.0.1:{port}"
         wait_ready(url)
         gpu_node_ids = {n.node_id for n in gpu_nodes}
         placement = {}
         for name in options:
-            info = replica_ready(name)
+            info = replica_ready(name.removeprefix("model-"))
             placement[name] = {"on_gpu_node": info["node_id"] in gpu_node_ids, "provider": info["provider"]}
         served = {
             m: requests.post(

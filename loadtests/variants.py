@@ -4,8 +4,9 @@
   batching works: a batch is formed from the requests waiting, split into groups with equal
   steps and sampler, and each group runs to its last step before the next batch is formed.
   A request arriving meanwhile waits for the whole batch.
-- `EmptyReplica`: the same deployment shape (ingress, one model hop) with no model work: it
-  answers every request with blank PNGs. Its requests/s is the serving stack's ceiling.
+- `EmptyReplica`: the same route shape (HAProxy, then the replica's own HTTP edge: validation,
+  auth, limits, metrics) with no model work: it answers every request with blank PNGs. Its
+  requests/s is the serving stack's ceiling.
 """
 
 from __future__ import annotations
@@ -15,28 +16,29 @@ import time
 from typing import Any, cast
 
 import numpy as np
-import ray
 from ray import serve
-from ray.serve import Application
 
-from deployments.app import build_app
-from deployments.replicas import DiffusionReplica, ReplicaClass, ReplicaResult
+from deployments.app import ServedApp, build_apps
+from deployments.metrics import ModelMetrics
+from deployments.replicas import DiffusionReplica, LatentModelReplica, ReplicaClass
+from deployments.routes import Images
 from service.images import encode_pngs, png_bytes
-from service.jobs import DiffusionJob
+from service.jobs import DiffusionJob, Job
 from service.scheduler import StepScheduler
 
 
 class RequestLevelDiffusion(DiffusionReplica):
-    async def generate(self, job: DiffusionJob, deadline: float, grid: bool = False) -> ReplicaResult:
-        result: ReplicaResult = await self._batch((job, time.monotonic()))
+    async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
+        assert isinstance(job, DiffusionJob)
+        result: Images = await self._batch((job, time.monotonic()))
         return result
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.005, batch_size_fn=lambda items: sum(i[0].n for i in items))
-    async def _batch(self, items: list[tuple[DiffusionJob, float]]) -> list[ReplicaResult]:
+    async def _batch(self, items: list[tuple[DiffusionJob, float]]) -> list[Images]:
         groups: dict[tuple[Any, ...], list[int]] = {}
         for k, (job, _) in enumerate(items):
             groups.setdefault((job.steps, job.sampler, job.eta, job.spacing), []).append(k)
-        results: list[ReplicaResult | None] = [None] * len(items)
+        results: list[Images | None] = [None] * len(items)
         for members in groups.values():  # one group after the other, each to its last step
             scheduler = StepScheduler(self.model, max_batch=10**6, on_step=self._on_step)
             started = time.monotonic()
@@ -46,31 +48,23 @@ class RequestLevelDiffusion(DiffusionReplica):
                 pngs, _ = await asyncio.to_thread(encode_pngs, res.images, self.model.card.image.value_range)
                 sub = items[k][1]
                 self.metrics.request_done(res.stats, items[k][0].steps, items[k][0].n)
-                results[k] = ReplicaResult(pngs, None, started - sub, time.monotonic() - sub)
+                results[k] = Images(pngs, None, started - sub, time.monotonic() - sub)
         return [r for r in results if r is not None]
 
 
-class EmptyReplica:
-    """Answers with blank images of the card's shape; loads no network."""
+class EmptyReplica(LatentModelReplica):
+    """Answers with blank images of the card's shape; runs no network for a request."""
 
-    def __init__(self, model_dir: str, name: str, device: str = "auto", ort_threads: int = 1) -> None:
-        self.name = name
-        self.png = png_bytes(np.zeros((28, 28, 1), np.uint8))
+    PNG = png_bytes(np.zeros((28, 28, 1), np.uint8))
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
-        pass
-
-    def ready(self) -> dict[str, str]:
-        return {"model": self.name, "provider": "none", "node_id": ray.get_runtime_context().get_node_id()}
-
-    async def generate(self, job: Any, deadline: float, grid: bool = False) -> ReplicaResult:
-        return ReplicaResult([self.png] * job.n)
+    async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
+        return Images([self.PNG] * job.n, None, 0.0, 0.0)
 
 
-def request_level_app(args: dict[str, Any]) -> Application:
-    return build_app(args, {"diffusion": RequestLevelDiffusion})
+def request_level_app(args: dict[str, Any]) -> list[ServedApp]:
+    return build_apps(args, {"diffusion": RequestLevelDiffusion})
 
 
-def empty_app(args: dict[str, Any]) -> Application:
+def empty_app(args: dict[str, Any]) -> list[ServedApp]:
     empty = cast(type[ReplicaClass], EmptyReplica)
-    return build_app(args, {"gan": empty, "vae": empty, "diffusion": empty})
+    return build_apps(args, {"gan": empty, "vae": empty, "diffusion": empty})

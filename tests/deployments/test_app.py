@@ -64,6 +64,8 @@ RAY_HAPROXY_CONFIG = """global
     maxconn 4096
 defaults
     mode http
+    errorfile 502 /tmp/500.http
+    errorfile 504 /tmp/500.http
     timeout connect 5s
     timeout client 3600s
     timeout server 180s
@@ -105,3 +107,8 @@ def test_the_haproxy_wrapper_binds_loopback_limits_bodies_and_closes_ray_routes(
     assert binds == ["127.0.0.1:9101", "127.0.0.1:8000", "127.0.0.1:8404"]
     assert text.count("deny deny_status 404 if { path -i /-/routes } || { path -i /-/healthz }") == 1
     assert text.count("gt 65536") == 1 and '"code":"body_too_large"' in text
+    errorfiles = [line.split()[2] for line in text.splitlines() if line.strip().startswith("errorfile")]
+    assert errorfiles == [str(HAPROXY_WRAPPER.parent / "503.http")] * 2
+    page = (HAPROXY_WRAPPER.parent / "503.http").read_bytes().decode()  # CRLF kept
+    assert page.startswith("HTTP/1.1 503") and "Retry-After: 2" in page
+    assert json.loads(page.split("\r\n\r\n", 1)[1])["error"]["code"] == "unavailable"

@@ -156,7 +156,10 @@ def test_catalog_health_stays_open_with_auth_and_unknown_models_are_404(monkeypa
     c = TestClient(catalog_app(cards, {"vae": "vae/model.onnx: not an ONNX file"}, probe, recorded.append))
     assert c.get("/healthz").status_code == 200
     ready = c.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["models"] == {"gan": "ready", "vae": "broken: vae/model.onnx: not an ONNX file"}
+    assert ready.status_code == 503 and ready.json()["models"] == {
+        "gan": "ready",
+        "vae": "broken: vae/model.onnx: not an ONNX file",
+    }
     assert c.get("/v1/models").status_code == 401
     auth = {"Authorization": "Bearer k1"}
     assert [m["name"] for m in c.get("/v1/models", headers=auth).json()] == ["gan"]

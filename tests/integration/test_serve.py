@@ -150,7 +150,7 @@ BAD = [
     ("gan", {"label": 12}, 422, "label"),
     ("vae", {"temperature": -1}, 422, "temperature"),
     ("gan", {"unknown_field": 1}, 422, "unknown_field"),
-    ("gan", {"n": {"a": {"b": {"c": 1}}}}, 422, "body"),
+    ("gan", {"n": {"a": {"b": {"c": 1}}}}, 422, "n"),  # nesting where a number belongs names the field
     ("no-such-model", {"n": 1}, 404, None),
     ("..%2F..%2Fetc", {"n": 1}, 404, None),
 ]
@@ -235,3 +235,61 @@ def test_http_dashboard_and_metrics_ports_listen_on_loopback_only(server: Server
     # bound to [::] in Ray's own code and guarded by Ray's cluster token.
     elsewhere = [p for p in ray_ports if p[0] not in ("127.0.0.1", "::ffff:127.0.0.1")]
     assert [p for p in elsewhere if not (p[0] == "::" and p[2].startswith("ray::ServeReplica"))] == []
+
+
+# Hostile and clumsy clients, over the real path (HAProxy, then the model replica).
+
+
+def test_deep_nesting_and_huge_integers_are_a_422_not_a_500(server: Server) -> None:
+    url = f"{server.url}/v1/models/gan/generate"
+    for raw in (b"[" * 60_000, b'{"seed": ' + b"9" * 4301 + b"}"):
+        resp = requests.post(url, data=raw, timeout=30)
+        assert resp.status_code == 422 and resp.json()["error"]["field"] == "body", resp.text[:200]
+
+
+def test_wrong_types_are_a_422_naming_the_field_and_many_errors_stay_small(server: Server) -> None:
+    for body, field in (({"label": True}, "label"), ({"n": "1"}, "n"), ({"truncation": 1e-300}, "truncation")):
+        resp = generate(server, "gan", body)
+        assert resp.status_code == 422 and resp.json()["error"]["field"] == field, resp.text
+    many = json.dumps({f"k{i}": 0 for i in range(6000)}, separators=(",", ":"))
+    resp = requests.post(f"{server.url}/v1/models/gan/generate", data=many, timeout=30)
+    assert resp.status_code == 422 and len(resp.content) < 1000
+
+
+def test_large_headers_are_refused_without_reaching_the_model(server: Server) -> None:
+    url = f"{server.url}/v1/models/gan/generate"
+    resp = requests.post(url, json={"n": 1}, headers={"x-padding": "a" * 10_000}, timeout=30)
+    assert resp.status_code == 431 and resp.json()["error"]["code"] == "headers_too_large"
+    # Beyond HAProxy's 16 KiB buffer HAProxy itself refuses: the header is never buffered whole.
+    huge = requests.post(url, json={"n": 1}, headers={"x-padding": "a" * 1_000_000}, timeout=30)
+    assert huge.status_code in (400, 431)
+
+
+def test_expect_100_continue_over_the_limit_gets_413_and_no_continue(server: Server) -> None:
+    import socket
+
+    host, port = urlsplit(server.url).hostname, urlsplit(server.url).port
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/models/gan/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        first = s.recv(4096).split(b"\r\n", 1)[0]
+    assert first.startswith(b"HTTP/1.1 413"), first
+
+
+def test_a_trailing_slash_never_redirects_to_the_clients_host(server: Server) -> None:
+    for path in ("/v1/models/", "/v1/models/gan/generate/", "/readyz/"):
+        resp = requests.get(f"{server.url}{path}", headers={"Host": "evil.example"}, allow_redirects=False, timeout=10)
+        assert not 300 <= resp.status_code < 400 and "location" not in resp.headers, (path, resp.status_code)
+
+
+def test_a_request_no_idle_replica_could_finish_in_time_gets_a_definitive_answer(server: Server) -> None:
+    """Never a 503 that a well-behaved client would retry forever: images, or a 422 that says
+    the request's cost and what the replica takes."""
+    assert generate(server, "diffusion", {"n": 2, "steps": 10}).status_code == 200  # the pace is measured
+    resp = generate(server, "diffusion", {"n": 64, "steps": 1000, "seed": 1}, timeout=200)
+    assert resp.status_code in (200, 422), resp.text[:300]
+    if resp.status_code == 422:
+        err = resp.json()["error"]
+        assert err["code"] == "too_costly" and "64000 network rows" in err["message"]
