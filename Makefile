@@ -47,7 +47,7 @@ $(PYTRITON_VENV)/.installed:
 
 # The side-by-side benchmark (about 25 minutes here): docs/benchmarks.{json,md}.
 bench: $(VENV)/.installed $(PYTRITON_VENV)/.installed
-	$(VENV)/bin/python -m loadtests.bench --json docs/benchmarks.json --out docs/benchmarks.md
+	$(VENV)/bin/python -m loadtests.bench --json docs/benchmarks.json --out docs/benchmarks.md --before docs/benchmarks-before.json
 
 # Overload at 3x saturation for 2 minutes, replica / ingress / worker-node kills under load and an
 # abandoned request (about 8 minutes here): docs/reliability.{json,md}.

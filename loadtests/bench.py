@@ -478,6 +478,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0, help="seconds per measured point")
     parser.add_argument("--quick", action="store_true", help="3 s points: checks the harness, not a measurement")
     parser.add_argument("--no-triton", action="store_true")
+    parser.add_argument("--before", type=Path, help="an earlier run's JSON, shown beside this one in the report")
     args = parser.parse_args()
     report = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -485,7 +486,8 @@ def main() -> None:
     if args.out:
         from loadtests.bench_report import markdown
 
-        args.out.write_text(markdown(report))
+        before = json.loads(args.before.read_text()) if args.before else None
+        args.out.write_text(markdown(report, before))
     print(json.dumps(report["ratios"], indent=1))
 
 

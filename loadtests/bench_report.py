@@ -202,7 +202,33 @@ def findings(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(report: dict[str, Any]) -> str:
+BEFORE_AFTER = [
+    ("genserve/plain/gan-1", "throughput", "genserve / plain, GAN 1 image, images/s at saturation"),
+    ("genserve/triton/gan-1", "throughput", "genserve / Triton, GAN 1 image"),
+    ("genserve/plain/gan-8", "throughput", "genserve / plain, GAN 8 images"),
+    ("genserve/triton/gan-8", "throughput", "genserve / Triton, GAN 8 images"),
+    ("genserve/plain/diffusion-20", "throughput", "genserve / plain, diffusion 20 steps"),
+    ("genserve/triton/diffusion-20", "throughput", "genserve / Triton, diffusion 20 steps"),
+    ("genserve/plain/mixed", "throughput", "genserve / plain, mixed 10/20/50/200 steps"),
+    ("step/request-level/mixed", "throughput", "step-level / request-level, mixed: work throughput"),
+    ("ray-stack/plain-stack", None, "empty genserve / plain uvicorn, requests/s (stack ceiling)"),
+    ("gan-1/stack-limit", None, "genserve GAN 1 image / empty genserve, requests/s"),
+]
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The headline ratios of an earlier run beside this one's (each ratio within its own run)."""
+    lines = ["| ratio (> 1: genserve better) | before | after |", "|---|---:|---:|"]
+    for key, field, label in BEFORE_AFTER:
+        values = []
+        for rep in (before, after):
+            v = rep.get("ratios", {}).get(key)
+            values.append(v.get(field) if isinstance(v, dict) and field else v)
+        lines.append(f"| {label} | {_f(values[0], 2)} | {_f(values[1], 2)} |")
+    return lines
+
+
+def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     r, m, st = report["ratios"], report["machine"], report["settings"]
     comp = report["compute"]
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
@@ -225,6 +251,20 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         *targets(report),
         "",
+        *(
+            [
+                "## Before and after the one-hop layout",
+                "",
+                "Before: the committed run of the earlier layout (Serve's Python proxy, an ingress replica, then the "
+                "model replica; `docs/benchmarks-before.json`). After: this run (HAProxy, then the model replica). "
+                "Each ratio is taken within its own run, so the two columns compare like with like.",
+                "",
+                *before_after(before, report),
+                "",
+            ]
+            if before
+            else []
+        ),
         "## Throughput at saturation",
         "",
         *saturation(report),

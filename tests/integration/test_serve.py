@@ -231,6 +231,8 @@ def test_http_dashboard_and_metrics_ports_listen_on_loopback_only(server: Server
     ours = {p.pid for p in psutil.Process().children(recursive=True)}
     ray_ports = {(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name()) for c in listening if c.pid in ours}
     assert len(ray_ports) > 3
+    # HAProxy (the HTTP port, its stats and Prometheus listeners) is among them, on loopback too.
+    assert len([p for p in ray_ports if p[2] == "haproxy"]) >= 3, ray_ports
     # The one exception, documented in docs/security.md: Ray Serve's inter-replica gRPC server,
     # bound to [::] in Ray's own code and guarded by Ray's cluster token.
     elsewhere = [p for p in ray_ports if p[0] not in ("127.0.0.1", "::ffff:127.0.0.1")]
