@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from service.generators import generate_latent
 from service.jobs import DiffusionJob, LatentJob
 from service.registry import LoadedModel, load_model
@@ -43,6 +45,29 @@ def library_rate(model: LoadedModel, batch: int, seconds: float) -> float:
         return len(res.images)
 
     return rate(lambda: asyncio.run(one()), seconds)
+
+
+def step_overhead(model: LoadedModel, batch: int, seconds: float) -> tuple[float, float]:
+    """(ms per bare network call, ms per scheduler step) at `batch` lanes of 20-step requests: what a
+    step costs beyond the network (lane selection, stacking, the coefficient update, the hop to the
+    network thread and back, retiring lanes)."""
+    roles, card = model.card.onnx.inputs, model.card
+    feeds = {
+        roles["sample"]: np.zeros((batch, *card.image_shape), np.float32),
+        roles["timestep"]: np.full(batch, 500),
+        roles["label"]: np.zeros(batch, np.int64),
+    }
+    net_calls = rate(lambda: (model.onnx.run(card.onnx.output, feeds), 1)[1], seconds)
+
+    async def one() -> int:
+        s = StepScheduler(model, max_batch=batch)
+        jobs = [DiffusionJob(seed=i, n=1, steps=DIFFUSION_STEPS, label=3) for i in range(batch)]
+        await asyncio.gather(*(s.submit(j) for j in jobs))
+        await s.close()
+        return DIFFUSION_STEPS
+
+    steps = rate(lambda: asyncio.run(one()), seconds)
+    return 1000 / net_calls, 1000 / steps
 
 
 def torch_rates(family: str, batches: tuple[int, ...], threads: int, seconds: float) -> dict[int, float]:
@@ -121,6 +146,22 @@ def main() -> None:
         "The library figures include everything a replica does but HTTP: latent or noise draws per image, "
         "sampler coefficients, and the network; torch eager is the network alone."
     )
+    diffusion = load_model(Path(args.model_dir) / "diffusion", device="cpu", intra_op_threads=args.threads)
+    lines += [
+        "",
+        "## What a diffusion step costs beyond the network call",
+        "",
+        f"One scheduler step (lanes of {DIFFUSION_STEPS}-step requests) against one bare ONNX Runtime call at the same "
+        "batch: the difference is lane selection, stacking, the coefficient update, the hop to the network "
+        "thread and back, and retiring lanes.",
+        "",
+        "| lanes | network call (ms) | scheduler step (ms) | beyond the network (ms) | share |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for b in (1, 8, 32, 64):
+        net, step = step_overhead(diffusion, b, args.seconds)
+        lines.append(f"| {b} | {net:.2f} | {step:.2f} | {step - net:.2f} | {(step - net) / step:.0%} |")
+        print("step overhead", b, round(net, 2), round(step, 2), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
