@@ -11,8 +11,9 @@ Admission: a request is refused at once (Overloaded, with a Retry-After) when th
 `max_queued_lanes` images, or when the work already queued plus its own, at the rows per
 second the replica has been doing, would not drain before the finish promised to every queued
 request (a share `ADMISSION_MARGIN` of each one's deadline): under overload a client gets a fast
-503 instead of a late 504. A request too large to meet its own promise on an idle replica gets
-a definitive 422 (TooCostly) naming its cost and what the replica can take.
+503 instead of a late 504. A large request on a quiet replica is promised its own work time
+(with an allowance for the pace estimate). A request that even alone would come too close to
+its deadline gets a definitive 422 (TooCostly) naming its cost and what the replica takes.
 """
 
 from __future__ import annotations
@@ -34,11 +35,14 @@ from service.registry import LoadedModel
 from service.samplers import SamplerPlan, make_plan, x0_from_output
 from service.stats import RequestStats, StepStats
 
-# Admit a request only if its estimated finish falls within this share of its remaining
-# deadline. The estimate is a moving average of recent speed, and under overload the speed drops
+# A request is promised a finish within this share of its remaining deadline (or, for a large
+# request on a quiet replica, its own work with PACE_ALLOWANCE, up to DEADLINE_SHARE_MAX of
+# the deadline). The estimate is a moving average of recent speed, and under overload the speed drops
 # as refused requests take their share of the CPU: at 3x overload on 2 cores, 0.8 let 0.5% of
 # admitted requests pass their deadline, and 0.5 none in one run but 0.7% in another.
 ADMISSION_MARGIN = 0.35
+PACE_ALLOWANCE = 1.25  # the measured pace may be this much too optimistic
+DEADLINE_SHARE_MAX = 0.9
 
 
 @dataclass(frozen=True)
@@ -157,7 +161,7 @@ class StepScheduler:
         A newly admitted request can delay every queued one (short lanes go first), so it is
         admitted only if all queued work plus its own drains, at the measured pace, before the
         earliest finish promised to any queued request and before its own promise. A request
-        that would miss its promise even on an idle replica is refused for good (TooCostly),
+        that could not finish in time even on an idle replica is refused for good (TooCostly),
         not with a 503 a client would retry forever."""
         if self.queued_lanes + job.n > self.max_queued_lanes:
             raise Overloaded(
@@ -165,21 +169,23 @@ class StepScheduler:
                 f"limit {self.max_queued_lanes}, this request adds {job.n}"
             )
         now = time.monotonic()
-        promise = None if job.deadline is None else now + ADMISSION_MARGIN * (job.deadline - now)
         pace = self._rows_per_s
-        if pace is None or promise is None or job.deadline is None:
-            return promise
+        if job.deadline is None:
+            return None
+        budget = job.deadline - now
+        if pace is None:
+            return now + ADMISSION_MARGIN * budget
         alone = job.cost / pace
-        if alone > promise - now:
-            most = int(pace * (promise - now))
+        if PACE_ALLOWANCE * alone > DEADLINE_SHARE_MAX * budget:
+            most = int(pace * DEADLINE_SHARE_MAX * budget / PACE_ALLOWANCE)
             raise TooCostly(
                 f"this request is {job.cost} network rows (n x steps x rows = {job.n} x {job.steps} x {job.rows}); "
-                f"model {self.model.name!r} runs about {pace:.0f} rows/s, so it needs about {alone:.0f}s alone, more "
-                f"than the {promise - now:.0f}s it may take ({ADMISSION_MARGIN:.0%} of its {job.deadline - now:.0f}s "
-                f"deadline). The most this replica takes in one request is about {most} rows: ask for fewer images "
-                f"or steps",
+                f"model {self.model.name!r} runs about {pace:.0f} rows/s, so it needs about {alone:.0f}s even on an "
+                f"idle replica, too close to its {budget:.0f}s deadline. The most this replica takes in one request "
+                f"is about {most} rows: ask for fewer images or steps",
                 field="steps",
             )
+        promise = now + min(DEADLINE_SHARE_MAX * budget, max(ADMISSION_MARGIN * budget, PACE_ALLOWANCE * alone))
         wait = (self.queued_rows + job.cost) / pace
         earliest = min([promise, *(r.promise for r in self._requests() if r.promise is not None)])
         if now + wait > earliest:

@@ -229,8 +229,24 @@ def test_a_request_too_large_for_an_idle_replica_gets_a_definitive_422(model: Lo
         with pytest.raises(TooCostly, match="1000 network rows") as refused:
             await s.submit(job)
         assert refused.value.status == 422
-        assert re.search(r"takes in one request is about 3[45]\d rows", refused.value.message)  # 35% of 10 s
+        # 9 s (90% of the deadline) at 100 rows/s, with the pace's 25% allowance: about 720 rows.
+        assert re.search(r"takes in one request is about 7[01]\d rows", refused.value.message)
         assert s.queued_lanes == 0
+        await s.close()
+
+    run(scenario())
+
+
+def test_a_request_larger_than_the_usual_share_runs_on_an_idle_replica(model: LoadedModel) -> None:
+    """Work beyond 35% of the deadline but well within it is admitted when nothing is queued (and
+    refused with a 503 while the queue would delay it): it can finish in time, so no 422."""
+
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=4)
+        s._rows_per_s = 100.0
+        job = DiffusionJob(seed=0, n=1, steps=5, deadline=time.monotonic() + 0.12)  # 5 rows: ~50 ms, 42% of it
+        done = await s.submit(job)
+        assert done.images.shape[0] == 1
         await s.close()
 
     run(scenario())
