@@ -22,13 +22,13 @@ $(SERVE_VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	bash scripts/ensure_prometheus.sh
-	$(VENV)/bin/ruff check service deployments training tests
+	$(VENV)/bin/ruff check service deployments training tests loadtests
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check service deployments training tests
-	$(VENV)/bin/ruff format --check service deployments training tests
+	$(VENV)/bin/ruff check service deployments training tests loadtests
+	$(VENV)/bin/ruff format --check service deployments training tests loadtests
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

@@ -65,7 +65,7 @@ class PlainModel:
             feeds = {roles["sample"]: x, roles["timestep"]: t, roles["label"]: labels}
             out = self.session.run([card.onnx.output], feeds)[0]
             x0 = x0_from_output(out, x, plan.alpha[i], plan.sigma[i], card.schedule.prediction_type)
-            z = rng.standard_normal(x.shape).astype(np.float32) if plan.d[i] else 0.0
+            z = rng.standard_normal(x.shape).astype(np.float32) if plan.d[i] else np.zeros_like(x)
             x, x0_prev = (plan.a[i] * x + plan.b[i] * x0 + plan.c[i] * x0_prev + plan.d[i] * z).astype(np.float32), x0
         return x
 

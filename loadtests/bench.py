@@ -27,12 +27,9 @@ import functools
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from deployments.loopback import keep_ray_on_loopback
-from loadtests.loadgen import Call, Outcome, Summary, closed_loop, count_images, open_loop, summarize
+from loadtests.bench_ratios import ratios
+from loadtests.harness import genserve, process
+from loadtests.loadgen import Call, Outcome, closed_loop, count_images, open_loop, summarize
 
 keep_ray_on_loopback()  # one machine: every Ray port on loopback (before ray is imported)
 
@@ -127,34 +126,6 @@ class Peer:
     kind: str = "genserve"  # request shape: genserve or triton
     saturation_only: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def wait_http(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                if r.status == 200:
-                    return
-        except Exception:
-            time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
-
-
-@contextmanager
-def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
-    log = open(ROOT / "loadtests" / "results" / f"{Path(cmd[-1]).name}-{int(time.time())}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    try:
-        wait_http(ready_url)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def tag_summaries(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
@@ -287,8 +258,12 @@ def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, 
     for name, n in batches.items():
         body = {"n": n, "label": 3, "seed": 0, **({"steps": 20} if name == "diffusion" else {})}
         call = Call(f"/v1/models/{name}/generate", body, n)
-        asyncio.run(closed_loop(base, lambda _r, c=call: c, 1, 2.0))
-        out[name] = summarize(asyncio.run(closed_loop(base, lambda _r, c=call: c, 1, seconds))).images_per_s
+
+        def same(_rng: Any, c: Call = call) -> Call:
+            return c
+
+        asyncio.run(closed_loop(base, same, 1, 2.0))
+        out[name] = summarize(asyncio.run(closed_loop(base, same, 1, seconds))).images_per_s
     return out
 
 
@@ -310,7 +285,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workloads": {k: {"about": w.about, "rates": w.rates, "seconds": w.seconds} for k, w in WORKLOADS.items()},
     }
     print("matrix-multiply peak and network FLOPs", flush=True)
-    diff_feeds = {
+    diff_feeds: dict[str, np.ndarray] = {
         "x": np.zeros((1, 1, 28, 28), np.float32),
         "t": np.zeros(1, np.float32),
         "label": np.zeros(1, np.int64),
@@ -347,15 +322,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         report["triton_skipped"] = "no .venv-pytriton (make bench builds it with Debian's python3)"
 
-    import ray
-    from ray import serve
-
-    from deployments.local import deploy, start, wait_ready
+    from deployments.local import deploy, wait_ready
 
     base_args = {"model_dir": str(ROOT / "exported"), "ort_threads": ORT_THREADS}
     print("genserve (Ray Serve)", flush=True)
-    url = start(str(ROOT / "exported"), "127.0.0.1", 8300, 8301, 8302, apps=build_apps(base_args))
-    try:
+    with genserve(apps=build_apps(base_args), port=8300) as running:
+        url = running.url
         gs = Peer(
             "genserve",
             "genserve, the app `make serve` runs (with GENSERVE_ORT_THREADS=2, like every peer)",
@@ -381,94 +353,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_ready(url)
             drive(peer, url, seconds, args.quick)
             peers.append(peer)
-    finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()
     report["peers"] = {p.name: {"about": p.about, "results": p.results} for p in peers}
     report["ratios"] = ratios(report)
     return report
-
-
-def _sat(report: dict[str, Any], peer: str, workload: str) -> Summary | None:
-    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
-    return Summary(**entry["saturation"]) if entry else None
-
-
-def _ladder_tag(
-    report: dict[str, Any], peer: str, workload: str, rate: float, tag: str | None
-) -> dict[str, Any] | None:
-    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
-    for point in entry["ladder"] if entry else []:
-        if point["rate"] == rate:
-            return point["tags"].get(tag) if tag else point["summary"]
-    return None
-
-
-def _step_rate(report: dict[str, Any], peer: str) -> float | None:
-    """Mixed workload at saturation: image-steps served per second (a 200-step image counts 20
-    times a 10-step one, so a server that finishes only the short requests gains nothing)."""
-    entry = report["peers"].get(peer, {}).get("results", {}).get("mixed")
-    if entry is None:
-        return None
-    return sum(int(tag) * s["images_per_s"] for tag, s in entry["saturation_tags"].items())
-
-
-def _div(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def ratios(report: dict[str, Any]) -> dict[str, Any]:
-    """Every ratio the issue asks for; > 1 means genserve (or step-level) is better."""
-    out: dict[str, Any] = {}
-    for peer in ("plain", "nobatch", "triton"):
-        for w in ("gan-1", "gan-8", "diffusion-20", "mixed"):
-            mine, theirs = _sat(report, "genserve", w), _sat(report, peer, w)
-            if mine is None or theirs is None:
-                continue
-            p99 = {}
-            for rate in WORKLOADS[w].rates:
-                a, b = _ladder_tag(report, "genserve", w, rate, None), _ladder_tag(report, peer, w, rate, None)
-                if a and b:
-                    p99[str(rate)] = _div(b["p99"], a["p99"])  # > 1: genserve's p99 is lower
-            out[f"genserve/{peer}/{w}"] = {
-                "throughput": _div(mine.images_per_s, theirs.images_per_s),
-                "p99_lower_by": p99,
-            }
-    step, req = _step_rate(report, "genserve"), _step_rate(report, "reqlevel")
-    if step and req:
-        p50_10 = {}
-        p99_10 = {}
-        for rate in WORKLOADS["mixed"].rates:
-            a, b = (
-                _ladder_tag(report, "genserve", "mixed", rate, "10"),
-                _ladder_tag(report, "reqlevel", "mixed", rate, "10"),
-            )
-            if a and b:
-                p50_10[str(rate)] = _div(b["p50"], a["p50"])
-                p99_10[str(rate)] = _div(b["p99"], a["p99"])
-        out["step/request-level/mixed"] = {
-            "throughput": _div(step, req),
-            "p50_10_step_lower_by": p50_10,
-            "p99_10_step_lower_by": p99_10,
-        }
-    lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
-    out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
-    gan, empty, plain_empty = (
-        _sat(report, "genserve", "gan-1"),
-        _sat(report, "empty", "gan-1"),
-        _sat(report, "plain-empty", "gan-1"),
-    )
-    if gan and empty:
-        out["gan-1/stack-limit"] = _div(gan.requests_per_s, empty.requests_per_s)
-    if empty and plain_empty:
-        out["ray-stack/plain-stack"] = _div(empty.requests_per_s, plain_empty.requests_per_s)
-    diff = _sat(report, "genserve", "diffusion-20")
-    if diff:
-        rows_per_s = diff.images_per_s * 20  # guidance 1: one network row per image per step
-        achieved = rows_per_s * report["compute"]["diffusion_mflop_per_row"] / 1e3
-        peak = max(report["compute"]["matmul_gflops"].values())
-        out["diffusion_flops"] = {"achieved_gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak}
-    return out
 
 
 def main() -> None:

@@ -310,7 +310,7 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
 
 
 if __name__ == "__main__":
-    from loadtests.bench import ratios
+    from loadtests.bench_ratios import ratios
 
     data = json.loads(Path(sys.argv[1]).read_text())
     data["ratios"] = ratios(data)

@@ -32,8 +32,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,8 @@ import aiohttp
 import psutil
 
 from deployments.loopback import keep_ray_on_loopback
-from loadtests.loadgen import Call, Outcome, closed_loop, count_images, free_port, open_loop, send, summarize
+from loadtests.harness import free_port, genserve
+from loadtests.loadgen import Call, Outcome, closed_loop, count_images, open_loop, send, summarize
 
 keep_ray_on_loopback()  # one machine: every Ray port on loopback (before ray is imported)
 
@@ -61,7 +60,8 @@ def diffusion_call(steps: int = 20, n: int = 1) -> Any:
 def mixed_call(rng: Any) -> Call:
     if rng.random() < 0.5:
         return Call("/v1/models/gan/generate", {"n": 2, "seed": rng.randrange(2**31)}, 2, "gan")
-    return diffusion_call(10)(rng)
+    call: Call = diffusion_call(10)(rng)
+    return call
 
 
 def replica_processes(deployment: str) -> list[psutil.Process]:
@@ -272,26 +272,6 @@ def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def genserve(quick: bool) -> Iterator[tuple[str, str]]:
-    import ray
-    from ray import serve
-
-    from deployments.local import start
-
-    os.environ.setdefault("RAY_metrics_report_interval_ms", "500")
-    os.environ["GENSERVE_REQUEST_TIMEOUT_S"] = str(DEADLINE_S)
-    port, metrics_port = free_port(), free_port()
-    url = start(
-        str(ROOT / "exported"), "127.0.0.1", port, metrics_port, free_port(), haproxy_ports=(free_port(), free_port())
-    )
-    try:
-        yield url, f"http://127.0.0.1:{metrics_port}/metrics"
-    finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()
-
-
 def node_loss(seconds: float) -> dict[str, Any]:
     """A head and two worker nodes with a logical GPU each; the diffusion replica's node is killed."""
     import ray
@@ -350,7 +330,7 @@ def node_loss(seconds: float) -> dict[str, Any]:
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -361,7 +341,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "deadline_s": DEADLINE_S,
         "client_timeout_s": CLIENT_TIMEOUT_S,
     }
-    with genserve(args.quick) as (url, metrics_url):
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "500")
+    os.environ["GENSERVE_REQUEST_TIMEOUT_S"] = str(DEADLINE_S)
+    with genserve() as running:
+        url, metrics_url = running.url, running.metrics_url
         report["overload"] = overload(url, overload_s, args.factor)
         print("replica kill", flush=True)
         probe = Call("/v1/models/diffusion/generate", {"n": 1, "steps": 5, "seed": 9}, 1)

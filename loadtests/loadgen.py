@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -50,13 +49,6 @@ class Outcome:
 
 Workload = Callable[[random.Random], Call]
 ImagesOf = Callable[[dict[str, Any]], int]
-
-
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def count_images(body: dict[str, Any]) -> int:

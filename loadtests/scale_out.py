@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 
 from deployments.app import build_apps, model_deployment_name
 from deployments.local import apply_ray_environment, deploy, replica_ready, wait_ready
-from loadtests.loadgen import free_port
+from loadtests.harness import free_port
 from service.cards import discover
 
 GPU_NODES = 2
@@ -32,7 +32,7 @@ DIFFUSION = model_deployment_name("diffusion")
 
 def running_replicas(deployment: str) -> int:
     status = serve.status().applications[deployment].deployments[deployment]  # app and deployment share a name
-    return int(status.replica_states.get("RUNNING", 0))
+    return sum(int(n) for state, n in status.replica_states.items() if str(state).endswith("RUNNING"))
 
 
 def load(url: str, stop: threading.Event, sent: list[int]) -> None:
@@ -84,7 +84,7 @@ def run(model_dir: str, upscale_timeout: float, downscale_timeout: float) -> dic
             ).status_code
             for m in (p.name for p in discover(Path(model_dir)))
         }
-        stop, sent = threading.Event(), []
+        stop, sent = threading.Event(), list[int]()
         workers = [threading.Thread(target=load, args=(url, stop, sent)) for _ in range(6)]
         t_load = time.monotonic()
         for w in workers:
@@ -110,7 +110,7 @@ def run(model_dir: str, upscale_timeout: float, downscale_timeout: float) -> dic
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # type: ignore[no-untyped-call]
 
 
 def markdown(result: dict[str, Any]) -> str:

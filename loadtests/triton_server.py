@@ -37,7 +37,7 @@ def _b64(pngs: list[bytes]) -> np.ndarray:
 
 
 def latent_fn(model: LoadedModel):  # type: ignore[no-untyped-def]
-    @batch  # type: ignore[misc]
+    @batch  # type: ignore[untyped-decorator]
     def infer(seed: np.ndarray, label: np.ndarray) -> dict[str, np.ndarray]:
         jobs = [LatentJob(seed=int(s), n=1, label=int(lb)) for s, lb in zip(seed[:, 0], label[:, 0], strict=True)]
         images = np.concatenate(generate_latent(model, jobs))
@@ -65,7 +65,7 @@ def diffusion_fn(model: LoadedModel):  # type: ignore[no-untyped-def]
                 out[k] = res.images[0]
         return out
 
-    @batch  # type: ignore[misc]
+    @batch  # type: ignore[untyped-decorator]
     def infer(seed: np.ndarray, label: np.ndarray, steps: np.ndarray) -> dict[str, np.ndarray]:
         jobs = [
             DiffusionJob(seed=int(s), n=1, steps=int(st), label=int(lb))

@@ -15,7 +15,8 @@ import pytest
 import requests
 import yaml
 
-from tests.integration.conftest import Server, free_port
+from loadtests.harness import free_port
+from tests.integration.conftest import Server
 from tests.monitoring.test_rules import MONITORING
 
 pytestmark = pytest.mark.integration

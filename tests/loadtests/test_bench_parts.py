@@ -16,10 +16,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from loadtests.bench import WORKLOADS, genserve_call, ratios, triton_call, wait_http
+from loadtests.bench import WORKLOADS, genserve_call, triton_call
+from loadtests.bench_ratios import ratios
 from loadtests.bench_report import markdown
 from loadtests.flops import flops_per_row
-from loadtests.loadgen import Outcome, free_port, open_loop, summarize
+from loadtests.harness import free_port, wait_http
+from loadtests.loadgen import Outcome, open_loop, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 

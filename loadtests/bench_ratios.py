@@ -1,0 +1,91 @@
+"""The ratios `make bench` reports, computed from a run's JSON alone (genserve against each peer,
+step-level against request-level, the stack ceilings, the compute fraction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadtests.loadgen import Summary
+
+
+def _sat(report: dict[str, Any], peer: str, workload: str) -> Summary | None:
+    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    return Summary(**entry["saturation"]) if entry else None
+
+
+def _ladder_tag(
+    report: dict[str, Any], peer: str, workload: str, rate: float, tag: str | None
+) -> dict[str, Any] | None:
+    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    for point in entry["ladder"] if entry else []:
+        if point["rate"] == rate:
+            found: dict[str, Any] | None = point["tags"].get(tag) if tag else point["summary"]
+            return found
+    return None
+
+
+def _step_rate(report: dict[str, Any], peer: str) -> float | None:
+    """Mixed workload at saturation: image-steps served per second (a 200-step image counts 20
+    times a 10-step one, so a server that finishes only the short requests gains nothing)."""
+    entry = report["peers"].get(peer, {}).get("results", {}).get("mixed")
+    if entry is None:
+        return None
+    return float(sum(int(tag) * s["images_per_s"] for tag, s in entry["saturation_tags"].items()))
+
+
+def _div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def ratios(report: dict[str, Any]) -> dict[str, Any]:
+    """Every ratio the issue asks for; > 1 means genserve (or step-level) is better."""
+    out: dict[str, Any] = {}
+    for peer in ("plain", "nobatch", "triton"):
+        for w in ("gan-1", "gan-8", "diffusion-20", "mixed"):
+            mine, theirs = _sat(report, "genserve", w), _sat(report, peer, w)
+            if mine is None or theirs is None:
+                continue
+            p99 = {}
+            for rate in report["workloads"][w]["rates"]:
+                a, b = _ladder_tag(report, "genserve", w, rate, None), _ladder_tag(report, peer, w, rate, None)
+                if a and b:
+                    p99[str(rate)] = _div(b["p99"], a["p99"])  # > 1: genserve's p99 is lower
+            out[f"genserve/{peer}/{w}"] = {
+                "throughput": _div(mine.images_per_s, theirs.images_per_s),
+                "p99_lower_by": p99,
+            }
+    step, req = _step_rate(report, "genserve"), _step_rate(report, "reqlevel")
+    if step and req:
+        p50_10 = {}
+        p99_10 = {}
+        for rate in report["workloads"]["mixed"]["rates"]:
+            a, b = (
+                _ladder_tag(report, "genserve", "mixed", rate, "10"),
+                _ladder_tag(report, "reqlevel", "mixed", rate, "10"),
+            )
+            if a and b:
+                p50_10[str(rate)] = _div(b["p50"], a["p50"])
+                p99_10[str(rate)] = _div(b["p99"], a["p99"])
+        out["step/request-level/mixed"] = {
+            "throughput": _div(step, req),
+            "p50_10_step_lower_by": p50_10,
+            "p99_10_step_lower_by": p99_10,
+        }
+    lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
+    out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
+    gan, empty, plain_empty = (
+        _sat(report, "genserve", "gan-1"),
+        _sat(report, "empty", "gan-1"),
+        _sat(report, "plain-empty", "gan-1"),
+    )
+    if gan and empty:
+        out["gan-1/stack-limit"] = _div(gan.requests_per_s, empty.requests_per_s)
+    if empty and plain_empty:
+        out["ray-stack/plain-stack"] = _div(empty.requests_per_s, plain_empty.requests_per_s)
+    diff = _sat(report, "genserve", "diffusion-20")
+    if diff:
+        rows_per_s = diff.images_per_s * 20  # guidance 1: one network row per image per step
+        achieved = rows_per_s * report["compute"]["diffusion_mflop_per_row"] / 1e3
+        peak = max(report["compute"]["matmul_gflops"].values())
+        out["diffusion_flops"] = {"achieved_gflops": achieved, "peak_gflops": peak, "fraction_of_peak": achieved / peak}
+    return out

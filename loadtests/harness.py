@@ -1,0 +1,104 @@
+"""Starting, polling and stopping the servers a load test drives: one place for the bench, chaos,
+scale-out and the integration tests.
+
+- `free_port()`: a free loopback port;
+- `wait_http(url)`: polls until a URL answers 200;
+- `process(cmd, ready_url)`: a peer server in a subprocess, for the duration of a `with`;
+- `genserve(...)`: genserve on a local Ray (HAProxy, then the model replicas), on loopback, for the
+  duration of a `with`; yields its base URL and metrics URL. Call
+  `deployments.loopback.keep_ray_on_loopback()` before anything imports ray.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from deployments.app import ServedApp
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 120.0) -> None:
+    """Returns once `url` answers 200; raises after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+@contextmanager
+def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[None]:
+    """`cmd` running (its output in loadtests/results/) until the block ends; waits for `ready_url`."""
+    results = ROOT / "loadtests" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    log = open(results / f"{Path(cmd[-1]).name}-{int(time.time())}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    try:
+        wait_http(ready_url)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@dataclass(frozen=True)
+class Running:
+    """A genserve started by `genserve()`."""
+
+    url: str
+    metrics_url: str
+
+
+@contextmanager
+def genserve(
+    model_dir: Path = ROOT / "exported", apps: list[ServedApp] | None = None, port: int | None = None
+) -> Iterator[Running]:
+    """genserve on a fresh local Ray, every port on loopback (free ports unless `port` is given);
+    Serve and Ray are shut down when the block ends."""
+    import ray
+    from ray import serve
+
+    from deployments.local import start
+
+    port = port or free_port()
+    metrics_port = free_port()
+    url = start(
+        str(model_dir),
+        "127.0.0.1",
+        port,
+        metrics_port,
+        dashboard_port=free_port(),
+        apps=apps,
+        haproxy_ports=(free_port(), free_port()),
+    )
+    try:
+        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
