@@ -80,6 +80,21 @@ def step_overhead(model: LoadedModel, batch: int, seconds: float) -> tuple[float
     return 1000 / net_calls, 1000 / asyncio.run(steps_per_second())
 
 
+def network_rows_per_s(path: Path, model: LoadedModel, threads: int, sliced: bool, seconds: float) -> float:
+    """Rows/s of the bare network at batch 32, as one call on `threads` threads or as slices."""
+    from service.runtime import OnnxModel
+
+    onnx = OnnxModel(path, device="cpu", intra_op_threads=threads, slices=sliced)
+    card = model.card
+    roles = card.onnx.inputs
+    feeds = {
+        roles["sample"]: np.zeros((32, *card.image_shape), np.float32),
+        roles["timestep"]: np.full(32, 500),
+        roles["label"]: np.zeros(32, np.int64),
+    }
+    return rate(lambda: (onnx.run(card.onnx.output, feeds), 32)[1], seconds)
+
+
 def torch_rates(family: str, batches: tuple[int, ...], threads: int, seconds: float) -> dict[int, float]:
     """Images/s of the torch eager network (one forward per image, diffusion: per step)."""
     import torch
@@ -172,6 +187,20 @@ def main() -> None:
         net, step = step_overhead(diffusion, b, args.seconds)
         lines.append(f"| {b} | {net:.2f} | {step:.2f} | {step - net:.2f} | {(step - net) / step:.0%} |")
         print("step overhead", b, round(net, 2), round(step, 2), flush=True)
+    path = Path(args.model_dir) / "diffusion" / "model.onnx"
+    lines += [
+        "",
+        f"## One call on {args.threads} threads, or {args.threads} slices in parallel",
+        "",
+        f"Rows per second of the diffusion network at batch 32: one ONNX Runtime call with {args.threads} intra-op "
+        f"threads, against the batch split into {args.threads} slices run in parallel on one thread each (what "
+        "`service.runtime.OnnxModel` does on the CPU provider since the one-hop change).",
+        "",
+        "| way | rows/s |",
+        "|---|---:|",
+    ]
+    for label, ways in (("one call", False), ("parallel slices", True)):
+        lines.append(f"| {label} | {network_rows_per_s(path, diffusion, args.threads, ways, args.seconds):.0f} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
