@@ -60,10 +60,19 @@ def ray_environment(
     }
 
 
+# Set by every start, whatever the environment holds: a process started from another genserve
+# (a test's subprocess) inherits that one's HAProxy ports, and two HAProxies cannot share them.
+PER_INSTANCE = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
 def apply_ray_environment(**kwargs: Any) -> None:
-    """Sets `ray_environment()` in this process, leaving variables already set alone."""
+    """Sets `ray_environment()` in this process, leaving variables already set alone, except
+    HAProxy's listener ports, which are this instance's own."""
     for key, value in ray_environment(**kwargs).items():
-        os.environ.setdefault(key, value)
+        if key in PER_INSTANCE:
+            os.environ[key] = value
+        else:
+            os.environ.setdefault(key, value)
 
 
 def wait_ready(url: str, timeout_s: float = 180.0) -> dict[str, object]:
