@@ -52,8 +52,9 @@ class OnnxModel:
     On the CPU provider, `intra_op_threads` = N > 1 runs a batch as N slices in parallel, each on
     one ORT thread, rather than one call on N threads: for the small convolutional networks served
     here a row costs about the same at batch 32 as at batch 1, and slices in parallel did 1.5x
-    the rows per second of one call on two threads (`make bench-core`). Every row's output is the
-    same either way (the kernels compute each sample on its own)."""
+    the rows per second of one call on two threads (`make bench-core`). A batch smaller than N
+    (a lone image at low load) runs whole on all N threads. Every row's output is the same either
+    way (the kernels compute each sample on its own)."""
 
     def __init__(
         self,
@@ -77,6 +78,11 @@ class OnnxModel:
         except Exception as e:  # ORT raises its own classes for a corrupt or truncated file
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({e})") from None
         self._slices = ThreadPoolExecutor(self.ways - 1, thread_name_prefix="onnx-slice") if self.ways > 1 else None
+        # A batch smaller than `ways` runs whole, on all the threads (a lone image at low load).
+        self._whole = self.session
+        if self.ways > 1:
+            opts.intra_op_num_threads = intra_op_threads
+            self._whole = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.path = path
         self.inputs = {i.name: _input_spec(i) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -105,9 +111,10 @@ class OnnxModel:
         split into `ways` slices run in parallel where every input has the same batch size."""
         cast = {name: np.ascontiguousarray(arr, dtype=self.inputs[name].dtype) for name, arr in feeds.items()}
         sizes = {len(arr) if arr.ndim else 0 for arr in cast.values()}
-        ways = min(self.ways, next(iter(sizes))) if len(sizes) == 1 else 1
-        if ways < 2 or self._slices is None:
-            return np.asarray(self.session.run([output], cast)[0])
+        batch = next(iter(sizes)) if len(sizes) == 1 else 0
+        if batch < self.ways or self._slices is None:
+            return np.asarray(self._whole.run([output], cast)[0])
+        ways = self.ways
         parts = [
             dict(zip(cast, chunk, strict=True))
             for chunk in zip(*(np.array_split(a, ways) for a in cast.values()), strict=True)
