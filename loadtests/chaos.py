@@ -231,9 +231,9 @@ def queue_depths(metrics_url: str) -> dict[str, float]:
 
 
 def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
-    """A 4-image 500-step request (several seconds of work), abandoned (connection closed) once the
+    """A 4-image 1000-step request (several seconds of work), abandoned (connection closed) once the
     queue-depth gauge shows its 4 lanes; then the time until the gauge reads 0."""
-    call = Call("/v1/models/diffusion/generate", {"n": 4, "steps": 500, "seed": 5}, 4)
+    call = Call("/v1/models/diffusion/generate", {"n": 4, "steps": 1000, "seed": 5}, 4)
 
     async def scenario() -> dict[str, Any]:
         baseline = await asyncio.to_thread(queue_depths, metrics_url)

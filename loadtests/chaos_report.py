@@ -102,7 +102,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## A client that disconnects",
         "",
-        f"A 4-image, 500-step diffusion request whose client closed the connection {dc['client_gave_up_after_s']:.1f} s in. "
+        f"A 4-image, 1000-step diffusion request whose client closed the connection {_s(dc['client_gave_up_after_s'])} s in. "
         f"The queue-depth gauge (`genserve_queue_depth_images`, exported every {dc['metrics_report_interval_s']:.1f} s) "
         f"showed its {dc['queue_depth_before_disconnect']:.0f} images queued before the disconnect (over a "
         f"baseline of {dc['queue_depth_baseline']:.0f}) and was back to the baseline "
