@@ -4,19 +4,72 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 FAMILIES = ("diffusion", "gan", "vae", "classifier")
 
 
-def _train(args: argparse.Namespace) -> None:
+def _config(args: argparse.Namespace, family: str) -> Any:
     import torch
 
-    from training.train import TRAINERS, default_config
+    from training.train import DiffusionRecipe, default_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = default_config(args.family, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    TRAINERS[args.family](cfg)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    recipe = DiffusionRecipe(
+        **{
+            k: v
+            for k, v in {
+                "prediction": getattr(args, "prediction", None),
+                "schedule": getattr(args, "schedule", None),
+                "min_snr": getattr(args, "min_snr", None),
+                "arch": getattr(args, "arch", None),
+                "ema_decay": args.ema_decay,
+            }.items()
+            if v is not None
+        }
+    )
+    return default_config(
+        family,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        run=args.run,
+        device=device,
+        minutes=args.minutes,
+        snapshots=tuple(args.snapshots or ()),
+        resume_from=Path(args.resume_from) if args.resume_from else None,
+        recipe=recipe,
+    )
+
+
+def _finish(trainer: Any, args: argparse.Namespace) -> None:
+    if args.weights_out:
+        trainer.save_weights(Path(args.weights_out))
+        print(f"weights (no optimiser state) written to {args.weights_out}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.train import TRAINERS
+
+    cfg = _config(args, args.family)
+    _finish(TRAINERS[args.family](cfg), args)
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from training.distill import distill
+
+    cfg = _config(args, "distilled")
+    _finish(distill(cfg, Path(args.teacher), guidance=args.guidance, pool_size=args.pool_size), args)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -41,17 +94,38 @@ def _eval(args: argparse.Namespace) -> None:
     print(table)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genserve", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one family (resumes from checkpoints/<family>.pt)")
-    p.add_argument("family", choices=FAMILIES)
+def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="total optimiser steps (default: the shipped model's)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--run", help="checkpoint name under checkpoints/ (default: the family)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--minutes", type=float, help="stop, with a checkpoint, after this much wall time")
+    p.add_argument("--snapshots", type=int, nargs="*", help="also keep the EMA weights alone at these steps")
+    p.add_argument("--resume-from", help="weights to start from when checkpoints/<run> does not exist yet")
+    p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (diffusion, distilled)")
+    p.add_argument("--weights-out", help="at the end, also write the weights alone (the committable form) here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train one family (resumes from checkpoints/<run>.safetensors)")
+    p.add_argument("family", choices=FAMILIES)
+    _run_options(p)
+    p.add_argument("--prediction", choices=("epsilon", "v_prediction"), help="diffusion: the network's target")
+    p.add_argument("--schedule", choices=("linear", "cosine"), help="diffusion: the noise schedule")
+    p.add_argument("--min-snr", type=float, help="diffusion: Min-SNR-gamma loss weighting (e.g. 5)")
+    p.add_argument("--arch", choices=("small", "base"), help="diffusion: UNet shape (training.nets.UNET_ARCHS)")
     p.set_defaults(func=_train)
+    p = sub.add_parser("distill", help="distil a diffusion checkpoint into a 1/2/4-call student (training.distill)")
+    p.add_argument("--teacher", required=True, help="diffusion checkpoint (.safetensors) whose EMA weights teach")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the teacher's samples")
+    p.add_argument("--pool-size", type=int, default=65536, help="teacher trajectories kept at a time")
+    _run_options(p)
+    p.set_defaults(func=_distill, family="distilled")
     p = sub.add_parser("export", help="export checkpoints to ONNX model folders with cards (checks parity)")
     p.add_argument("families", nargs="*", help=f"any of {', '.join(FAMILIES)} (default: all)")
     p.add_argument("--out", default="exported")

@@ -117,7 +117,7 @@ class Vae(nn.Module):
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps, as in Ho et al. 2020."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None, :]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -141,15 +141,44 @@ class ResBlock(nn.Module):
         return h + self.skip(x)
 
 
-class UNet(nn.Module):
-    """Small UNet for 28x28 epsilon prediction: levels at 28, 14 and 7 pixels."""
+class SelfAttention(nn.Module):
+    """Single-head spatial self-attention with a residual, written with plain matmuls for ONNX."""
 
-    def __init__(self, ch: int = 32, mults: tuple[int, ...] = (1, 2, 2)) -> None:
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.norm = nn.GroupNorm(8, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+        self.scale = ch**-0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        attn = torch.softmax(torch.bmm(q.transpose(1, 2), k) * self.scale, dim=-1)  # (b, hw, hw)
+        o = torch.bmm(v, attn.transpose(1, 2)).reshape(b, c, h, w)
+        return x + self.out(o)
+
+
+class UNet(nn.Module):
+    """Small UNet for 28x28 images: levels at 28, 14 and 7 pixels.
+
+    `attention` adds self-attention at the 7x7 level (49 positions: cheap); `max_steps` > 0
+    adds an embedding of the sampler's step count (1..max_steps), the extra input a distilled
+    few-step student takes so that one network serves 1, 2 and 4 network calls.
+    """
+
+    def __init__(
+        self, ch: int = 32, mults: tuple[int, ...] = (1, 2, 2), attention: bool = False, max_steps: int = 0
+    ) -> None:
         super().__init__()
         self.ch = ch
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(N_LABELS + 1, emb_dim)
+        self.steps_emb: nn.Embedding | None = None
+        if max_steps:
+            self.steps_emb = nn.Embedding(max_steps + 1, emb_dim)
+            nn.init.zeros_(self.steps_emb.weight)  # a student starts as its teacher
         self.conv_in = nn.Conv2d(1, ch, 3, 1, 1)
         widths = [ch * m for m in mults]
         self.down = nn.ModuleList()
@@ -160,6 +189,7 @@ class UNet(nn.Module):
             cin = w
             self.downsample.append(nn.Conv2d(w, w, 3, 2, 1) if i < len(widths) - 1 else nn.Identity())
         self.mid = ResBlock(cin, cin, emb_dim)
+        self.mid_attn: nn.Module = SelfAttention(cin) if attention else nn.Identity()
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
@@ -169,19 +199,32 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(8, cin)
         self.conv_out = nn.Conv2d(cin, 1, 3, 1, 1)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor, num_steps: torch.Tensor | None = None
+    ) -> torch.Tensor:
         emb = self.time_mlp(timestep_embedding(t, self.ch)) + self.label_emb(label)
+        if self.steps_emb is not None:
+            if num_steps is None:
+                raise ValueError("this network is a few-step student: pass num_steps")
+            emb = emb + self.steps_emb(num_steps)
         h = self.conv_in(x)
         skips = []
         for block, down in zip(self.down, self.downsample, strict=True):
             h = block(h, emb)
             skips.append(h)
             h = down(h)
-        h = self.mid(h, emb)
+        h = self.mid_attn(self.mid(h, emb))
         for block, up in zip(self.up, self.upsample, strict=True):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
             h = up(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# The UNet shapes a training run can ask for by name (recorded in the checkpoint and the card).
+UNET_ARCHS: dict[str, dict[str, object]] = {
+    "small": {"ch": 32, "mults": (1, 2, 2), "attention": False},
+    "base": {"ch": 32, "mults": (1, 2, 4), "attention": True},
+}
 
 
 # ---------------------------------------------------------------- evaluation classifier

@@ -1,7 +1,9 @@
 """Training loops for the three generators and the evaluation classifier.
 
-Each loop is resumable: it writes `checkpoints/<family>.pt` (kept out of git) every
-`checkpoint_every` steps and on exit, and picks up from it when started again.
+Each loop is resumable: it writes `checkpoints/<run>.safetensors` (kept out of git; `run`
+defaults to the family) every `checkpoint_every` steps and on exit, and picks up from it when
+started again, or from `resume_from` (a committed weights-only file) when it has none yet.
+Loops run on the CPU or, with `device="cuda"`, on a GPU; `minutes` bounds a run's wall time.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import copy
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +21,37 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from service.schedules import alphas_cumprod_for, betas_for
-from training import nets
+from training import checkpoint, nets
 from training.data import load_split
 
 CHECKPOINT_DIR = Path("checkpoints")
-# The noise schedule the diffusion model trains with; export writes it into the card.
+# The noise schedule of the first shipped diffusion model (DDPM's); a recipe may pick cosine.
 DIFFUSION_SCHEDULE: dict[str, Any] = {
     "beta_schedule": "linear",
     "num_train_timesteps": 1000,
     "beta_start": 1e-4,
     "beta_end": 0.02,
 }
+
+
+@dataclass
+class DiffusionRecipe:
+    """The choices docs/training.md measures: what the UNet predicts, the schedule, the loss weight."""
+
+    prediction: str = "epsilon"  # or "v_prediction"
+    schedule: str = "linear"  # or "cosine"
+    min_snr: float | None = None  # Min-SNR-gamma loss weighting (Hang et al. 2023); None: plain MSE
+    arch: str = "small"  # a key of nets.UNET_ARCHS
+    ema_decay: float = 0.999
+
+    def noise_schedule(self) -> dict[str, Any]:
+        """The card's `schedule` block for a model trained with this recipe."""
+        return {**DIFFUSION_SCHEDULE, "beta_schedule": self.schedule, "prediction_type": self.prediction}
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        s = self.noise_schedule()
+        betas = betas_for(s["beta_schedule"], s["num_train_timesteps"], s["beta_start"], s["beta_end"])
+        return torch.from_numpy(alphas_cumprod_for(betas)).float()
 
 
 @dataclass
@@ -44,6 +66,16 @@ class TrainConfig:
     checkpoint_every: int = 250
     checkpoint_dir: Path = CHECKPOINT_DIR
     threads: int | None = None
+    run: str | None = None  # checkpoint name; defaults to the family
+    device: str = "cpu"
+    minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    snapshots: tuple[int, ...] = ()  # also keep the EMA weights alone at these steps
+    resume_from: Path | None = None
+    recipe: DiffusionRecipe = field(default_factory=DiffusionRecipe)
+
+    @property
+    def name(self) -> str:
+        return self.run or self.family
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, torch.Generator], dict[str, float]]
@@ -53,35 +85,44 @@ class Trainer:
     """Holds modules, optimisers and the step count; saves and restores all of them."""
 
     def __init__(
-        self, cfg: TrainConfig, modules: dict[str, torch.nn.Module], optims: dict[str, torch.optim.Optimizer]
+        self,
+        cfg: TrainConfig,
+        modules: dict[str, torch.nn.Module],
+        optims: dict[str, torch.optim.Optimizer],
+        weights: str | None = None,
     ) -> None:
         self.cfg = cfg
-        self.modules = modules
+        self.modules = {k: m.to(cfg.device) for k, m in modules.items()}
         self.optims = optims
+        self.weights = weights  # the module a snapshot keeps (the EMA), if any
         self.step = 0
-        self.path = cfg.checkpoint_dir / f"{cfg.family}.pt"
+        self.path = cfg.checkpoint_dir / f"{cfg.name}.safetensors"
+        self.extra_meta: dict[str, Any] = {}  # e.g. a distilled student's teacher
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "family": self.cfg.family,
+            "step": self.step,
+            "config": {k: str(v) for k, v in vars(self.cfg).items() if k != "recipe"},
+            "recipe": vars(self.cfg.recipe) if self.cfg.family in ("diffusion", "distilled") else {},
+            **self.extra_meta,
+        }
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": self.step,
-            "config": {k: str(v) for k, v in vars(self.cfg).items()},
-            "modules": {k: m.state_dict() for k, m in self.modules.items()},
-            "optims": {k: o.state_dict() for k, o in self.optims.items()},
-        }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
+        checkpoint.save(self.path, self.modules, self.optims, self.meta())
+
+    def save_weights(self, path: Path, only: str | None = None) -> None:
+        """A weights-only file (no optimiser state): the form that is committed or exported."""
+        modules = {only: self.modules[only]} if only else self.modules
+        checkpoint.save(path, modules, None, self.meta())
 
     def maybe_resume(self) -> None:
-        if not self.path.exists():
+        source = self.path if self.path.exists() else self.cfg.resume_from
+        if source is None or not source.exists():
             return
-        state = torch.load(self.path, weights_only=True)
-        for k, m in self.modules.items():
-            m.load_state_dict(state["modules"][k])
-        for k, o in self.optims.items():
-            o.load_state_dict(state["optims"][k])
-        self.step = int(state["step"])
+        meta = checkpoint.restore(source, self.modules, self.optims)
+        self.step = int(meta["step"])
+        print(f"{self.cfg.name}: resumed at step {self.step} from {source}")
 
     def run(self, step_fn: StepFn, x: torch.Tensor, y: torch.Tensor) -> None:
         """Runs `step_fn` on random batches until `cfg.steps`, checkpointing on the way.
@@ -89,13 +130,15 @@ class Trainer:
         SIGTERM (and Ctrl-C) stop after the current step with a checkpoint, so nothing is lost.
         """
         self.maybe_resume()
+        x, y = x.to(self.cfg.device), y.to(self.cfg.device)
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-        gen = torch.Generator().manual_seed(self.cfg.seed + self.step)
-        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.family}", mininterval=5)
+        gen = torch.Generator(self.cfg.device).manual_seed(self.cfg.seed + self.step)
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc=f"train {self.cfg.name}", mininterval=5)
         t0 = time.time()
+        deadline = t0 + 60 * self.cfg.minutes if self.cfg.minutes else float("inf")
         try:
-            while self.step < self.cfg.steps:
-                idx = torch.randint(0, len(x), (self.cfg.batch_size,), generator=gen)
+            while self.step < self.cfg.steps and time.time() < deadline:
+                idx = torch.randint(0, len(x), (self.cfg.batch_size,), generator=gen, device=self.cfg.device)
                 logs = step_fn(x[idx], y[idx], gen)
                 self.step += 1
                 bar.update(1)
@@ -103,13 +146,15 @@ class Trainer:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
                 if self.step % self.cfg.checkpoint_every == 0:
                     self.save()
+                if self.step in self.cfg.snapshots and self.weights:
+                    self.save_weights(self.path.with_name(f"{self.cfg.name}-step{self.step}.safetensors"), self.weights)
         except KeyboardInterrupt:
-            print(f"{self.cfg.family}: interrupted at step {self.step}; checkpoint saved, run again to resume")
+            print(f"{self.cfg.name}: interrupted at step {self.step}; checkpoint saved, run again to resume")
         finally:
             self.save()
             bar.close()
             signal.signal(signal.SIGTERM, previous)
-        print(f"{self.cfg.family}: {self.step} steps, {time.time() - t0:.0f}s this run, checkpoint {self.path}")
+        print(f"{self.cfg.name}: {self.step} steps, {time.time() - t0:.0f}s this run, checkpoint {self.path}")
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
@@ -123,7 +168,7 @@ def _data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def _drop_labels(y: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Replaces a share p of labels with the null label (for CFG / unconditional sampling)."""
-    mask = torch.rand(y.shape, generator=gen) < p
+    mask = torch.rand(y.shape, generator=gen, device=y.device) < p
     return torch.where(mask, torch.full_like(y, nets.NULL_LABEL), y)
 
 
@@ -131,37 +176,72 @@ def _drop_labels(y: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tenso
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
     """EMA of the weights with the usual warm-up: decay = min(max_decay, (1+s)/(10+s))."""
     d = min(max_decay, (1 + step) / (10 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1 - d)
     for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
         be.copy_(bm)
 
 
+def diffusion_loss(
+    model: torch.nn.Module,
+    recipe: DiffusionRecipe,
+    abar: torch.Tensor,
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """The denoising loss at uniformly drawn t: epsilon or v target, optionally Min-SNR weighted."""
+    t = torch.randint(0, len(abar), (len(x0),), generator=gen, device=x0.device)
+    eps = torch.randn(x0.shape, generator=gen, device=x0.device)
+    a = abar[t].view(-1, 1, 1, 1)
+    alpha, sigma = a.sqrt(), (1 - a).sqrt()
+    xt = alpha * x0 + sigma * eps
+    out = model(xt, t, _drop_labels(y, 0.1, gen))
+    target = eps if recipe.prediction == "epsilon" else alpha * eps - sigma * x0
+    per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
+    if recipe.min_snr is not None:
+        snr = (abar[t] / (1 - abar[t])).clamp(min=1e-8)
+        clipped = snr.clamp(max=recipe.min_snr)
+        # Min-SNR-gamma in each target's own units: eps loss = snr * x0 loss, v loss = (snr+1) * x0 loss.
+        per_image = per_image * (clipped / snr if recipe.prediction == "epsilon" else clipped / (snr + 1))
+    return per_image.mean()
+
+
+def _saved_recipe(cfg: TrainConfig) -> DiffusionRecipe | None:
+    """A resumed run keeps the recipe it started with, whatever the command line says now."""
+    for source in (cfg.checkpoint_dir / f"{cfg.name}.safetensors", cfg.resume_from):
+        if source is not None and source.exists():
+            recipe = DiffusionRecipe(**checkpoint.read_meta(source)["recipe"])
+            if recipe != cfg.recipe:
+                print(f"{cfg.name}: resuming with the checkpoint's recipe {recipe}")
+            return recipe
+    return None
+
+
+def make_unet(recipe: DiffusionRecipe, max_steps: int = 0) -> nets.UNet:
+    return nets.UNet(**nets.UNET_ARCHS[recipe.arch], max_steps=max_steps)  # type: ignore[arg-type]
+
+
 def train_diffusion(cfg: TrainConfig) -> Trainer:
-    """Epsilon-prediction DDPM objective, 10% label dropout, EMA weights (`ema` module)."""
+    """DDPM objective with the recipe's target, schedule and weighting; 10% label dropout, EMA weights."""
     torch.manual_seed(cfg.seed)
-    model = nets.UNet()
+    cfg.recipe = recipe = _saved_recipe(cfg) or cfg.recipe
+    model = make_unet(recipe)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    trainer = Trainer(cfg, {"model": model, "ema": ema}, {"opt": opt})
-    abar = torch.from_numpy(alphas_cumprod_for(betas_for(*DIFFUSION_SCHEDULE.values()))).float()
-    T = len(abar)
+    trainer = Trainer(cfg, {"model": model, "ema": ema}, {"opt": opt}, weights="ema")
+    abar = recipe.alphas_cumprod().to(cfg.device)
 
     def step(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        t = torch.randint(0, T, (len(x0),), generator=gen)
-        eps = torch.randn(x0.shape, generator=gen)
-        a = abar[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * eps
         warm = min(1.0, (trainer.step + 1) / 200)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * warm
-        loss = F.mse_loss(model(xt, t, _drop_labels(y, 0.1, gen)), eps)
+        loss = diffusion_loss(model, recipe, abar, x0, y, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        ema_update(ema, model, trainer.step, 0.999)
-        return {"loss": loss.item()}
+        ema_update(ema, model, trainer.step, recipe.ema_decay)
+        return {"loss": loss.item()} if trainer.step % 50 == 49 else {}
 
     trainer.run(step, *_data())
     return trainer
@@ -178,7 +258,7 @@ def train_gan(cfg: TrainConfig) -> Trainer:
 
     def step(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         y = _drop_labels(y, 0.1, gen)
-        z = torch.randn(len(x), gen_net.z_dim, generator=gen)
+        z = torch.randn(len(x), gen_net.z_dim, generator=gen, device=x.device)
         fake = gen_net(z, y)
         d_loss = F.relu(1 - disc(x, y)).mean() + F.relu(1 + disc(fake.detach(), y)).mean()
         opt_d.zero_grad(set_to_none=True)
@@ -200,12 +280,12 @@ def train_vae(cfg: TrainConfig) -> Trainer:
     torch.manual_seed(cfg.seed)
     vae = nets.Vae()
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
-    trainer = Trainer(cfg, {"vae": vae}, {"opt": opt})
+    trainer = Trainer(cfg, {"vae": vae}, {"opt": opt}, weights="vae")
 
     def step(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         y = _drop_labels(y, 0.1, gen)
         mu, logvar = vae.encoder(x, y)
-        z = mu + torch.randn(mu.shape, generator=gen) * (0.5 * logvar).exp()
+        z = mu + torch.randn(mu.shape, generator=gen, device=mu.device) * (0.5 * logvar).exp()
         logits = vae.decoder.logits(z, y)
         rec = F.binary_cross_entropy_with_logits(logits, (x + 1) / 2, reduction="sum") / len(x)
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum() / len(x)
@@ -213,7 +293,7 @@ def train_vae(cfg: TrainConfig) -> Trainer:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return {"rec": rec.item(), "kl": kl.item()}
+        return {"rec": rec.item(), "kl": kl.item()} if trainer.step % 50 == 49 else {}
 
     trainer.run(step, *_data())
     return trainer
@@ -227,7 +307,7 @@ def train_classifier(cfg: TrainConfig) -> Trainer:
     trainer = Trainer(cfg, {"classifier": clf}, {"opt": opt})
 
     def step(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
+        dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen, device=x.device))
         x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
         logits, _ = clf(x)
         loss = F.cross_entropy(logits, y)
@@ -253,6 +333,7 @@ DEFAULTS: dict[str, tuple[int, int, float]] = {
     "gan": (3000, 64, 2e-4),
     "vae": (4000, 128, 1e-3),
     "classifier": (2000, 128, 1e-3),
+    "distilled": (20000, 256, 1e-4),
 }
 
 
