@@ -27,7 +27,7 @@ import torch
 
 from service.samplers import make_plan
 from training import checkpoint, nets
-from training.train import DiffusionRecipe, TrainConfig, Trainer, _drop_labels, ema_update, make_unet
+from training.train import DiffusionRecipe, TrainConfig, Trainer, _drop_labels, _logs, ema_update, make_unet
 
 TEACHER_STEPS = 16
 STUDENT_STEPS = (1, 2, 4)
@@ -150,7 +150,7 @@ def distill(cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_si
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         ema_update(ema, student, trainer.step, recipe.ema_decay)
-        return {"loss": loss.item()} if trainer.step % 50 == 49 else {}
+        return _logs(cfg, trainer, loss=loss)
 
     refill()
     trainer.extra_meta["teacher"] = {"path": str(teacher_path), "step": teacher_step, "guidance": guidance}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from service.cards import ModelCard
 from service.evaluation import Quality, quality
 from service.generators import generate_latent
 from service.images import grid, to_uint8
@@ -64,6 +65,15 @@ DIFFUSION_SETTINGS = (
     Setting("dpmpp_2m-20-cfg2", "dpmpp_2m", 20, 2.0),
 )
 LATENT_SETTINGS = (Setting("default"),)
+
+
+def settings_for(card: ModelCard) -> tuple[Setting, ...]:
+    """The settings a model is measured at: a distilled model's own sampler and step counts."""
+    if card.family != "diffusion":
+        return LATENT_SETTINGS
+    if card.sampling is not None:
+        return tuple(Setting(f"{s}-{k}", s, k) for s in card.sampling.samplers for k in card.sampling.steps)
+    return DIFFUSION_SETTINGS
 
 
 class FeatureNet:
@@ -136,7 +146,7 @@ def evaluate_model(
     folder = model_dir / name
     model = load_model(folder, device="cpu", intra_op_threads=threads)
     labels = eval_labels()
-    todo = DIFFUSION_SETTINGS if model.card.family == "diffusion" else LATENT_SETTINGS
+    todo = settings_for(model.card)
     results: dict[str, Quality] = {}
     for setting in todo:
         if settings and setting.key not in settings:
@@ -149,7 +159,7 @@ def evaluate_model(
         predicted, feats = features(images)
         results[setting.key] = quality(real, feats, predicted, labels)
         print(f"{name} {setting.key}: {results[setting.key].as_dict()} ({time.time() - t0:.0f}s)", flush=True)
-        if setting.key in ("default", "dpmpp_2m-20"):
+        if setting.key in ("default", "dpmpp_2m-20") or (model.card.sampling and setting is todo[-1]):
             write_grid(folder, images, labels, model.card.labels)
     return results
 

@@ -15,9 +15,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from training import nets
+from training import checkpoint, nets
 from training.data import N_HELDOUT, N_TRAIN
-from training.train import CHECKPOINT_DIR, DIFFUSION_SCHEDULE
+from training.distill import STUDENT_STEPS, TEACHER_STEPS
+from training.train import CHECKPOINT_DIR, DiffusionRecipe, make_unet
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -118,9 +119,24 @@ def _write_card(folder: Path, card: dict[str, Any]) -> None:
     path.write_text(json.dumps(card, indent=2) + "\n")
 
 
-def _load(family: str, checkpoint_dir: Path) -> tuple[dict[str, Any], int]:
-    state = torch.load(checkpoint_dir / f"{family}.pt", weights_only=True)
-    return state["modules"], int(state["step"])
+WEIGHTS_DIR = Path("weights")  # committed weights-only checkpoints (training/checkpoint.py)
+
+
+def checkpoint_path(name: str, checkpoint_dir: Path) -> Path:
+    """`checkpoints/<name>.safetensors` from a local run, else the committed `weights/<name>.safetensors`."""
+    for folder in (checkpoint_dir, WEIGHTS_DIR):
+        path = folder / f"{name}.safetensors"
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"no checkpoint for {name!r} in {checkpoint_dir}/ or {WEIGHTS_DIR}/; train it first")
+
+
+def _load(name: str, checkpoint_dir: Path) -> tuple[dict[str, Any], int]:
+    path = checkpoint_path(name, checkpoint_dir)
+    tensors = checkpoint.load_tensors(path)
+    modules = {k.split("/", 1)[0] for k in tensors if not k.startswith(checkpoint.OPTIM)}
+    meta = checkpoint.read_meta(path)
+    return {m: checkpoint.module_state(tensors, m) for m in modules}, int(meta["step"])
 
 
 def export_gan(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
@@ -168,22 +184,85 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     return err
 
 
+def _diffusion_inputs_k(batch: int) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(batch)
+    k = torch.tensor(STUDENT_STEPS)[torch.randint(0, len(STUDENT_STEPS), (batch,), generator=g)]
+    return (*_diffusion_inputs(batch), k)
+
+
+RECIPE_WORDS = {"epsilon": "epsilon prediction", "v_prediction": "v-prediction"}
+
+
+def _recipe_line(recipe: DiffusionRecipe) -> str:
+    snr = f", Min-SNR-{recipe.min_snr:g} loss weighting" if recipe.min_snr is not None else ""
+    attn = ", self-attention at 7x7" if nets.UNET_ARCHS[recipe.arch]["attention"] else ""
+    return f"{RECIPE_WORDS[recipe.prediction]}, {recipe.schedule} noise schedule{snr}{attn}"
+
+
 def export_diffusion(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
-    modules, steps = _load("diffusion", checkpoint_dir)
-    unet = nets.UNet()
-    unet.load_state_dict(modules["ema"])
+    path = checkpoint_path("diffusion", checkpoint_dir)
+    meta = checkpoint.read_meta(path)
+    recipe = DiffusionRecipe(**meta["recipe"])
+    unet = make_unet(recipe)
+    unet.load_state_dict(checkpoint.module_state(checkpoint.load_tensors(path), "ema"))
     folder = out / "diffusion"
-    err = _checked_export(unet, _diffusion_inputs, folder / "model.onnx", ["x", "t", "label"], ["eps"])
+    err = _checked_export(unet, _diffusion_inputs, folder / "model.onnx", ["x", "t", "label"], ["out"])
     card = _card(
         "diffusion",
         "diffusion",
-        "Class-conditional DDPM UNet (epsilon prediction, EMA weights, 10% label dropout for classifier-free guidance).",
-        steps,
-        schedule={**DIFFUSION_SCHEDULE, "prediction_type": "epsilon"},
-        onnx={"file": "model.onnx", "inputs": {"sample": "x", "timestep": "t", "label": "label"}, "output": "eps"},
+        f"Class-conditional diffusion UNet ({_recipe_line(recipe)}; EMA weights, 10% label dropout for "
+        "classifier-free guidance).",
+        int(meta["step"]),
+        schedule=recipe.noise_schedule(),
+        onnx={"file": "model.onnx", "inputs": {"sample": "x", "timestep": "t", "label": "label"}, "output": "out"},
+    )
+    card["provenance"].update(_provenance(meta, "diffusion", path))
+    _write_card(folder, card)
+    return err
+
+
+def export_distilled(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
+    path = checkpoint_path("distilled", checkpoint_dir)
+    meta = checkpoint.read_meta(path)
+    recipe = DiffusionRecipe(**meta["recipe"])
+    unet = make_unet(recipe, max_steps=max(STUDENT_STEPS))
+    unet.load_state_dict(checkpoint.module_state(checkpoint.load_tensors(path), "ema"))
+    folder = out / "distilled"
+    err = _checked_export(unet, _diffusion_inputs_k, folder / "model.onnx", ["x", "t", "label", "k"], ["out"])
+    teacher = meta["teacher"]
+    card = _card(
+        "distilled",
+        "diffusion",
+        f"Few-step student of the diffusion model: 1, 2 or 4 DDIM network calls reproduce the teacher's "
+        f"{TEACHER_STEPS}-step DPM-Solver++ trajectory (trajectory distillation with step-count conditioning; "
+        "see training/distill.py).",
+        int(meta["step"]),
+        schedule=recipe.noise_schedule(),
+        sampling={"samplers": ["ddim"], "steps": list(STUDENT_STEPS), "default_steps": max(STUDENT_STEPS)},
+        onnx={
+            "file": "model.onnx",
+            "inputs": {"sample": "x", "timestep": "t", "label": "label", "num_steps": "k"},
+            "output": "out",
+        },
+    )
+    card["provenance"].update(_provenance(meta, "distilled", path))
+    card["provenance"]["notes"] += (
+        f" Teacher: {teacher['path']} at step {teacher['step']}, sampled at guidance {teacher['guidance']:g}."
     )
     _write_card(folder, card)
     return err
+
+
+def _provenance(meta: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+    """The card's provenance from the checkpoint's own record of its last run."""
+    cfg = meta["config"]
+    note = f" {meta['note']}." if "note" in meta else ""
+    return {
+        "command": f"scripts/train_gpu.sh (the `{cfg['run']}` run; its last run: device {cfg['device']}, batch "
+        f"{cfg['batch_size']}, lr {cfg['lr']}, {cfg['minutes']} min) && genserve export {name} && genserve eval {name}",
+        "notes": f"Weights: {path.name} in {WEIGHTS_DIR}/ (safetensors, EMA and raw weights; resume with "
+        f"--resume-from). Runs are bounded by wall time; the checkpoint records the steps reached.{note}",
+    }
 
 
 def export_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
@@ -193,4 +272,10 @@ def export_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float
     return _checked_export(clf, _image_inputs, out / EVAL_DIR / "classifier.onnx", ["image"], ["logits", "features"])
 
 
-EXPORTERS = {"gan": export_gan, "vae": export_vae, "diffusion": export_diffusion, "classifier": export_classifier}
+EXPORTERS = {
+    "gan": export_gan,
+    "vae": export_vae,
+    "diffusion": export_diffusion,
+    "distilled": export_distilled,
+    "classifier": export_classifier,
+}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.train import TRAINERS, default_config
+from training import checkpoint
+from training.train import TRAINERS, DiffusionRecipe, default_config
 
 
 @pytest.mark.parametrize("family", ["gan", "vae", "diffusion", "classifier"])
@@ -17,8 +18,7 @@ def test_a_few_steps_train_and_resume(family: str, tmp_path: Path) -> None:
         default_config(family, steps=3, batch_size=8, checkpoint_dir=tmp_path, checkpoint_every=2)
     )
     assert trainer.step == 3
-    state = torch.load(tmp_path / f"{family}.pt", weights_only=True)
-    assert state["step"] == 3
+    assert checkpoint.read_meta(tmp_path / f"{family}.safetensors")["step"] == 3
     weights = {k: v.clone() for k, v in next(iter(trainer.modules.values())).state_dict().items()}
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     # Resuming continues from step 3 to 5 rather than starting again.
@@ -53,3 +53,39 @@ def test_diffusion_loss_falls_on_a_tiny_run(tmp_path: Path) -> None:
         tr.Trainer.run = original  # type: ignore[method-assign]
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_recipe_variants_train_and_a_resumed_run_keeps_its_recipe(tmp_path: Path) -> None:
+    recipe = DiffusionRecipe(prediction="v_prediction", schedule="cosine", min_snr=5.0, arch="base")
+    cfg = default_config("diffusion", steps=2, batch_size=8, checkpoint_dir=tmp_path, recipe=recipe, snapshots=(1,))
+    TRAINERS["diffusion"](cfg)
+    assert (tmp_path / "diffusion-step1.safetensors").exists()
+    snapshot = checkpoint.load_tensors(tmp_path / "diffusion-step1.safetensors")
+    assert snapshot and all(k.startswith("ema/") for k in snapshot)  # the EMA weights alone
+    # Started again with the default (small, epsilon) recipe on the command line: the checkpoint's wins.
+    resumed = TRAINERS["diffusion"](default_config("diffusion", steps=3, batch_size=8, checkpoint_dir=tmp_path))
+    assert resumed.step == 3 and resumed.cfg.recipe == recipe
+
+
+def test_checkpoint_round_trip_keeps_weights_and_optimiser_state(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    checkpoint.save(tmp_path / "c.safetensors", {"net": net}, {"opt": opt}, {"step": 1})
+    net2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.AdamW(net2.parameters(), lr=5.0)
+    meta = checkpoint.restore(tmp_path / "c.safetensors", {"net": net2}, {"opt": opt2})
+    assert meta == {"step": 1}
+    assert torch.equal(net.weight, net2.weight)
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["lr"] == 1e-3
+    for i in s1["state"]:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(torch.as_tensor(s1["state"][i][key]), torch.as_tensor(s2["state"][i][key]))
+    # A weights-only file restores the weights and leaves a fresh optimiser alone.
+    checkpoint.save(tmp_path / "w.safetensors", {"net": net}, None, {"step": 1})
+    opt3 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)
+    checkpoint.restore(tmp_path / "w.safetensors", {"net": torch.nn.Linear(3, 2)}, {"opt": opt3})
+    assert opt3.state_dict()["state"] == {}
