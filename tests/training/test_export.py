@@ -59,3 +59,16 @@ def test_classifier_export_has_logits_and_features(trained_checkpoints: Path, tm
 
     m = OnnxModel(tmp_path / export.EVAL_DIR / "classifier.onnx", device="cpu")
     assert m.outputs == ["logits", "features"]
+
+
+def test_distilled_export_is_a_step_conditioned_served_model(trained_checkpoints: Path, tmp_path: Path) -> None:
+    from training.distill import distill
+
+    cfg = default_config("distilled", steps=1, batch_size=4, checkpoint_dir=tmp_path / "ck")
+    distill(cfg, trained_checkpoints / "diffusion.safetensors", pool_size=4)
+    err = export.export_distilled(tmp_path, tmp_path / "ck")
+    assert err < export.PARITY_ATOL
+    model = load_model(tmp_path / "distilled", device="cpu")
+    assert model.card.sampling is not None and model.card.sampling.steps == [1, 2, 4]
+    assert model.card.onnx.inputs["num_steps"] in model.onnx.inputs
+    assert "Teacher: " in model.card.provenance.notes
