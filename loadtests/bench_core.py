@@ -47,6 +47,32 @@ def library_rate(model: LoadedModel, batch: int, seconds: float) -> float:
     return rate(lambda: asyncio.run(one()), seconds)
 
 
+# The cost side of the quality/cost trade-off: (model folder, sampler, steps); None for GAN/VAE.
+COST_SETTINGS: tuple[tuple[str, str | None, int], ...] = (
+    ("gan", None, 1),
+    ("vae", None, 1),
+    ("diffusion", "dpmpp_2m", 10),
+    ("diffusion", "dpmpp_2m", 20),
+    ("distilled", "ddim", 4),
+    ("distilled", "ddim", 2),
+    ("distilled", "ddim", 1),
+)
+
+
+def setting_rate(model: LoadedModel, sampler: str | None, steps: int, batch: int, seconds: float) -> float:
+    """Images per second at `batch` images per network call (saturation for one replica)."""
+    if sampler is None:
+        return library_rate(model, batch, seconds)
+
+    async def one() -> int:
+        s = StepScheduler(model, max_batch=batch)
+        res = await s.submit(DiffusionJob(seed=0, n=batch, steps=steps, sampler=sampler, label=3))  # type: ignore[arg-type]
+        await s.close()
+        return len(res.images)
+
+    return rate(lambda: asyncio.run(one()), seconds)
+
+
 def step_overhead(model: LoadedModel, batch: int, seconds: float) -> tuple[float, float]:
     """(ms per bare network call, ms per scheduler step) at `batch` lanes of 20-step requests: what a
     step costs beyond the network (lane selection, stacking, the coefficient update, the hop to the
@@ -201,6 +227,36 @@ def main() -> None:
     ]
     for label, ways in (("one call", False), ("parallel slices", True)):
         lines.append(f"| {label} | {network_rows_per_s(path, diffusion, args.threads, ways, args.seconds):.0f} |")
+    lines += [
+        "",
+        "## Cost per image by model and setting",
+        "",
+        f"Images per second through `service` at 64 images per network call ({args.threads} threads), the cost "
+        "side of the quality figures in docs/quality.md. Diffusion and distilled images are labelled (one row per "
+        "image per call, guidance 1).",
+        "",
+        "| model | setting | network calls per image | images/s | ms per image | vs diffusion dpmpp_2m-10 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    costs = []
+    for name, sampler, steps in COST_SETTINGS:
+        folder = Path(args.model_dir) / name
+        if not folder.exists():
+            continue
+        model = load_model(folder, device="cpu", intra_op_threads=args.threads)
+        costs.append(
+            (
+                name,
+                f"{sampler}-{steps}" if sampler else "default",
+                steps,
+                setting_rate(model, sampler, steps, 64, args.seconds),
+            )
+        )
+        print("cost", costs[-1], flush=True)
+    base = next((r for n, k, _, r in costs if (n, k) == ("diffusion", "dpmpp_2m-10")), None)
+    for name, key, calls, r in costs:
+        ratio = f"{r / base:.2f}x" if base else "-"
+        lines.append(f"| {name} | {key} | {calls} | {r:.1f} | {1000 / r:.2f} | {ratio} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

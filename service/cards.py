@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.errors import ModelLoadError
+from service.samplers import SamplerName
 from service.schedules import BetaSchedule
 
 Family = Literal["gan", "vae", "diffusion"]
@@ -49,11 +50,30 @@ class OnnxIO(_Strict):
 
     file: str = Field("model.onnx", description="ONNX file, relative to the model folder.")
     inputs: dict[str, str] = Field(
-        description="Role -> graph input name. gan/vae: `latent`, `label`; diffusion: `sample`, `timestep`, `label`."
+        description="Role -> graph input name. gan/vae: `latent`, `label`; diffusion: `sample`, `timestep`, "
+        "`label`, and `num_steps` (the lane's step count) for a step-conditioned few-step model."
     )
     output: str = Field(
         description="Name of the graph output holding the images (or the diffusion model's prediction)."
     )
+
+
+class SamplingSpec(_Strict):
+    """Diffusion only: the samplers and step counts a model supports, where not all of them.
+
+    A distilled few-step model is trained for particular step counts of one sampler; asking for
+    another is refused by validation, naming the field.
+    """
+
+    samplers: list[SamplerName] = Field(min_length=1, description="Samplers the model supports.")
+    steps: list[int] = Field(min_length=1, description="Step counts the model supports.")
+    default_steps: int = Field(ge=1, description="Steps a request gets when it names none.")
+
+    @model_validator(mode="after")
+    def _default_listed(self) -> SamplingSpec:
+        if self.default_steps not in self.steps:
+            raise ValueError(f"default_steps {self.default_steps} is not one of steps {self.steps}")
+        return self
 
 
 class Provenance(_Strict):
@@ -85,6 +105,9 @@ class ModelCard(_Strict):
     )
     latent_dim: int | None = Field(None, ge=1, description="Size of z for gan/vae.")
     schedule: NoiseSchedule | None = Field(None, description="Diffusion only: the training noise schedule.")
+    sampling: SamplingSpec | None = Field(
+        None, description="Diffusion only: supported samplers and step counts, where not every one is."
+    )
     onnx: OnnxIO = Field(description="The ONNX generator and its input roles.")
     encoder: OnnxIO | None = Field(None, description="vae only: the (image, label) -> (mu, logvar) encoder.")
     provenance: Provenance = Field(description="Training data and the reproducing command.")
@@ -100,6 +123,12 @@ class ModelCard(_Strict):
             raise ValueError(f"onnx.inputs lacks role(s) {sorted(missing)} required for family {self.family!r}")
         if self.family == "diffusion" and self.schedule is None:
             raise ValueError("a diffusion card needs `schedule`")
+        if self.sampling is not None and self.family != "diffusion":
+            raise ValueError("`sampling` is for diffusion cards only")
+        if "num_steps" in self.onnx.inputs and self.sampling is None:
+            raise ValueError(
+                "a step-conditioned model (onnx input role `num_steps`) needs `sampling` to list its steps"
+            )
         if self.family in ("gan", "vae") and self.latent_dim is None:
             raise ValueError(f"a {self.family} card needs `latent_dim`")
         return self

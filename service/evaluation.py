@@ -48,6 +48,11 @@ class Quality:
     recall: float
     label_accuracy: float | None
     n: int
+    # Unconditional samples: the smallest and largest share of any class among the classifier's
+    # predictions (uniform would be 1 / classes each), and the total variation from uniform.
+    min_class_share: float | None = None
+    max_class_share: float | None = None
+    class_tv: float | None = None
 
     def as_dict(self) -> dict[str, float]:
         out = {
@@ -58,7 +63,17 @@ class Quality:
         }
         if self.label_accuracy is not None:
             out["label_accuracy"] = round(self.label_accuracy, 4)
+        for key in ("min_class_share", "max_class_share", "class_tv"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = round(value, 4)
         return out
+
+
+def class_shares(predicted: np.ndarray, classes: int) -> tuple[float, float, float]:
+    """(min share, max share, total variation from uniform) of the predicted classes."""
+    shares = np.bincount(predicted, minlength=classes)[:classes] / max(len(predicted), 1)
+    return float(shares.min()), float(shares.max()), float(0.5 * np.abs(shares - 1.0 / classes).sum())
 
 
 def quality(
@@ -72,3 +87,12 @@ def quality(
     p, r = precision_recall(real_features, fake_features, k)
     acc = None if predicted is None or requested is None else float((predicted == requested).mean())
     return Quality(frechet_distance(real_features, fake_features), p, r, acc, len(fake_features))
+
+
+def unconditional_quality(
+    real_features: np.ndarray, fake_features: np.ndarray, predicted: np.ndarray, classes: int, k: int = 3
+) -> Quality:
+    """FID, precision/recall and the class histogram of samples drawn without a label."""
+    q = quality(real_features, fake_features, k=k)
+    lo, hi, tv = class_shares(predicted, classes)
+    return Quality(q.fid, q.precision, q.recall, None, q.n, lo, hi, tv)

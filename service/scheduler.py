@@ -269,6 +269,9 @@ class StepScheduler:
             roles["timestep"]: np.concatenate([timesteps, timesteps[gi]]),
             roles["label"]: np.concatenate([labels, np.full(len(gi), null, np.int64)]),
         }
+        if "num_steps" in roles:  # a step-conditioned (distilled) model also takes each lane's step count
+            counts = np.array([ln.plan.num_steps for ln in lanes], np.int64)
+            feeds[roles["num_steps"]] = np.concatenate([counts, counts[gi]])
         out = self.model.onnx.run(card.onnx.output, feeds).astype(np.float32)
         pred = out[: len(lanes)]
         if len(gi):

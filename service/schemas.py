@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from service.cards import ModelCard
 from service.jobs import MIN_TRUNCATION, DiffusionJob, LatentJob, network_rows
-from service.samplers import SamplerName
+from service.samplers import SAMPLERS, SamplerName
 from service.settings import Limits
 
 MAX_SEED = 2**63 - 1
@@ -30,6 +30,10 @@ def _ctx(info: ValidationInfo) -> tuple[ModelCard | None, Limits]:
 
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+def _listed(values: list[Any]) -> str:
+    return ", ".join(str(v) for v in values)
 
 
 class _GenerateBase(BaseModel):
@@ -100,10 +104,28 @@ class DiffusionGenerateRequest(_GenerateBase):
         },
     )
 
-    steps: int = Field(20, ge=1, description="Sampling steps; bounded by the model's T and the server.")
-    sampler: SamplerName = Field("dpmpp_2m", description="ddpm (ancestral), ddim, or dpmpp_2m (DPM-Solver++ 2M).")
+    steps: int = Field(
+        20,
+        ge=1,
+        description="Sampling steps; bounded by the model's T and the server. A model that lists its step counts "
+        "(`steps` in GET /v1/models/{name}, a distilled model) takes only those, and defaults to its own.",
+    )
+    sampler: SamplerName = Field(
+        "dpmpp_2m",
+        description="ddpm (ancestral), ddim, or dpmpp_2m (DPM-Solver++ 2M); a distilled model supports only the "
+        "samplers its entry lists, and defaults to the first.",
+    )
     guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale; 1 is plain conditional sampling.")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM only: 0 deterministic, 1 DDPM-like noise.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _card_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """A model that supports only some samplers and step counts (a distilled one) has its own defaults."""
+        card = _ctx(info)[0]
+        if isinstance(data, dict) and card is not None and card.sampling is not None:
+            return {"steps": card.sampling.default_steps, "sampler": card.sampling.samplers[0], **data}
+        return data
 
     @field_validator("steps")
     @classmethod
@@ -114,6 +136,16 @@ class DiffusionGenerateRequest(_GenerateBase):
             cap = min(cap, card.schedule.num_train_timesteps)
         if v > cap:
             raise ValueError(f"at most {cap} steps")
+        if card is not None and card.sampling is not None and v not in card.sampling.steps:
+            raise ValueError(f"model {card.name!r} samples in {_listed(card.sampling.steps)} steps only")
+        return v
+
+    @field_validator("sampler")
+    @classmethod
+    def _sampler_supported(cls, v: SamplerName, info: ValidationInfo) -> SamplerName:
+        card = _ctx(info)[0]
+        if card is not None and card.sampling is not None and v not in card.sampling.samplers:
+            raise ValueError(f"model {card.name!r} supports the sampler(s) {_listed(card.sampling.samplers)} only")
         return v
 
     @field_validator("guidance")
@@ -200,6 +232,9 @@ class ModelInfo(BaseModel):
     unconditional: bool
     samplers: list[str]
     max_steps: int | None
+    steps: list[int] | None = Field(
+        None, description="The only step counts the model supports (a distilled model); null: any up to max_steps."
+    )
     max_images: int
     quality: dict[str, dict[str, float]]
 
@@ -213,8 +248,9 @@ class ModelInfo(BaseModel):
             image_shape=card.image_shape,
             labels=card.labels,
             unconditional=card.null_label is not None,
-            samplers=["ddpm", "ddim", "dpmpp_2m"] if diffusion else [],
+            samplers=(list(card.sampling.samplers) if card.sampling else list(SAMPLERS)) if diffusion else [],
             max_steps=min(limits.max_steps, card.schedule.num_train_timesteps) if card.schedule else None,
+            steps=list(card.sampling.steps) if card.sampling else None,
             max_images=limits.max_images,
             quality=card.quality,
         )

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.cards import ModelCard
-from service.evaluation import Quality, quality
+from service.evaluation import Quality, quality, unconditional_quality
 from service.generators import generate_latent
 from service.images import grid, to_uint8
 from service.jobs import DiffusionJob, LatentJob
@@ -38,7 +38,12 @@ evaluation classifier (`exported/_evaluation/classifier.onnx`). FID; precision a
 the requested label. The floor row compares 1,000 training digits with the held-out digits; its
 label accuracy is the classifier's own accuracy on the held-out digits.
 Diffusion settings are `sampler-steps` (guidance 1, plain conditional sampling) and `-cfgW`
-(classifier-free guidance scale W, two network rows per image).
+(classifier-free guidance scale W, two network rows per image). `uncond` settings draw the same
+N images with no label (the null label): label accuracy does not apply, and the last column
+gives the smallest and largest share of any digit among the classifier's readings of them
+(uniform: 10% each; the classifier reads the 1,000 held-out digits as 9.7% - 10.3%), with the total
+variation from uniform in the card (`class_tv`). Seeds: 1234 + label for diffusion, 1234 + i
+for GAN/VAE image i.
 
 """
 EVAL_SEED = 1234
@@ -53,6 +58,7 @@ class Setting:
     sampler: SamplerName | None = None
     steps: int = 0
     guidance: float = 1.0
+    unconditional: bool = False  # no label: measures mode coverage (class histogram) instead of accuracy
 
 
 DIFFUSION_SETTINGS = (
@@ -63,8 +69,9 @@ DIFFUSION_SETTINGS = (
     Setting("ddpm-1000", "ddpm", 1000),
     Setting("dpmpp_2m-20-cfg1.5", "dpmpp_2m", 20, 1.5),
     Setting("dpmpp_2m-20-cfg2", "dpmpp_2m", 20, 2.0),
+    Setting("dpmpp_2m-10-uncond", "dpmpp_2m", 10, unconditional=True),
 )
-LATENT_SETTINGS = (Setting("default"),)
+LATENT_SETTINGS = (Setting("default"), Setting("uncond", unconditional=True))
 
 
 def settings_for(card: ModelCard) -> tuple[Setting, ...]:
@@ -72,7 +79,9 @@ def settings_for(card: ModelCard) -> tuple[Setting, ...]:
     if card.family != "diffusion":
         return LATENT_SETTINGS
     if card.sampling is not None:
-        return tuple(Setting(f"{s}-{k}", s, k) for s in card.sampling.samplers for k in card.sampling.steps)
+        conditional = tuple(Setting(f"{s}-{k}", s, k) for s in card.sampling.samplers for k in card.sampling.steps)
+        s, k = card.sampling.samplers[0], card.sampling.default_steps
+        return (*conditional, Setting(f"{s}-{k}-uncond", s, k, unconditional=True))
     return DIFFUSION_SETTINGS
 
 
@@ -95,8 +104,10 @@ def eval_labels(n: int = N_EVAL) -> np.ndarray:
     return np.arange(n) % 10
 
 
-def sample_latent(model: LoadedModel, labels: np.ndarray) -> np.ndarray:
-    jobs = [LatentJob(seed=EVAL_SEED + i, n=1, label=int(lab)) for i, lab in enumerate(labels)]
+def sample_latent(model: LoadedModel, labels: np.ndarray, unconditional: bool = False) -> np.ndarray:
+    jobs = [
+        LatentJob(seed=EVAL_SEED + i, n=1, label=None if unconditional else int(lab)) for i, lab in enumerate(labels)
+    ]
     return np.concatenate(generate_latent(model, jobs))
 
 
@@ -111,7 +122,10 @@ def sample_diffusion(model: LoadedModel, labels: np.ndarray, setting: Setting, m
         jobs = []
         for lab in range(10):
             idx = np.flatnonzero(labels == lab)
-            jobs.append(DiffusionJob(EVAL_SEED + lab, len(idx), setting.steps, setting.sampler, lab, setting.guidance))  # type: ignore[arg-type]
+            label = None if setting.unconditional else lab
+            jobs.append(
+                DiffusionJob(EVAL_SEED + lab, len(idx), setting.steps, setting.sampler, label, setting.guidance)
+            )  # type: ignore[arg-type]
         results = await asyncio.gather(*(scheduler.submit(j) for j in jobs))
         bar.close()
         await scheduler.close()
@@ -151,15 +165,20 @@ def evaluate_model(
     for setting in todo:
         if settings and setting.key not in settings:
             continue
+        if setting.unconditional and model.card.null_label is None:
+            continue
         t0 = time.time()
         if model.card.family == "diffusion":
             images = sample_diffusion(model, labels, setting)
         else:
-            images = sample_latent(model, labels)
+            images = sample_latent(model, labels, setting.unconditional)
         predicted, feats = features(images)
-        results[setting.key] = quality(real, feats, predicted, labels)
+        if setting.unconditional:
+            results[setting.key] = unconditional_quality(real, feats, predicted, len(model.card.labels))
+        else:
+            results[setting.key] = quality(real, feats, predicted, labels)
         print(f"{name} {setting.key}: {results[setting.key].as_dict()} ({time.time() - t0:.0f}s)", flush=True)
-        if setting.key in ("default", "dpmpp_2m-20") or (model.card.sampling and setting is todo[-1]):
+        if setting.key in ("default", "dpmpp_2m-20") or (model.card.sampling and setting is todo[-2]):
             write_grid(folder, images, labels, model.card.labels)
     return results
 
@@ -177,7 +196,10 @@ def floor(features: FeatureNet) -> tuple[Quality, np.ndarray]:
 
 def quality_from_dict(d: dict[str, float]) -> Quality:
     acc = d.get("label_accuracy")
-    return Quality(d["fid"], d["precision"], d["recall"], acc, int(d["n"]))
+    return Quality(
+        d["fid"], d["precision"], d["recall"], acc, int(d["n"]),
+        d.get("min_class_share"), d.get("max_class_share"), d.get("class_tv"),
+    )  # fmt: skip
 
 
 def table_from_cards(model_dir: Path) -> str:
@@ -196,14 +218,19 @@ def table_from_cards(model_dir: Path) -> str:
 
 def markdown_table(rows: dict[str, dict[str, Quality]], floor_q: Quality) -> str:
     lines = [
-        "| model | setting | FID | FID / floor | precision | recall | label accuracy |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| model | setting | FID | FID / floor | precision | recall | label accuracy | class shares (uncond) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(model: str, key: str, q: Quality) -> str:
         acc = f"{q.label_accuracy:.3f}" if q.label_accuracy is not None else "-"
+        shares = "-"
+        if q.min_class_share is not None and q.max_class_share is not None:
+            shares = f"{q.min_class_share:.1%} - {q.max_class_share:.1%}"
         ratio = q.fid / floor_q.fid if floor_q.fid > 0 else float("nan")
-        return f"| {model} | {key} | {q.fid:.2f} | {ratio:.1f}x | {q.precision:.3f} | {q.recall:.3f} | {acc} |"
+        return (
+            f"| {model} | {key} | {q.fid:.2f} | {ratio:.2f}x | {q.precision:.3f} | {q.recall:.3f} | {acc} | {shares} |"
+        )
 
     lines.append(row("floor", "train vs held-out", floor_q))
     for model, settings in rows.items():

@@ -56,6 +56,7 @@ def test_health_readiness_and_model_listing(server: Server) -> None:
         ("gan", {"n": 8, "label": 3, "seed": 1}),
         ("vae", {"n": 8, "label": 5, "seed": 2}),
         ("diffusion", {"n": 8, "label": 7, "seed": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0}),
+        ("distilled", {"n": 8, "label": 4, "seed": 4, "steps": 2}),
     ],
 )
 def test_each_family_returns_pngs_of_the_requested_digit(server: Server, model: str, body: dict[str, Any]) -> None:
@@ -69,6 +70,17 @@ def test_each_family_returns_pngs_of_the_requested_digit(server: Server, model: 
     assert t["total_seconds"] >= t["compute_seconds"] >= 0 and t["queue_seconds"] >= 0
     agree = (classify(server, images) == body["label"]).mean()
     assert agree >= 0.75, f"classifier agreed with the label on {agree:.0%} of {model} images"
+
+
+def test_the_distilled_model_takes_its_own_step_counts_only(server: Server) -> None:
+    info = requests.get(f"{server.url}/v1/models/distilled", timeout=10).json()
+    assert info["samplers"] == ["ddim"] and info["steps"] == [1, 2, 4]
+    default = generate(server, "distilled", {"n": 1, "label": 2, "seed": 9})
+    assert np.array_equal(
+        images_of(default), images_of(generate(server, "distilled", {"n": 1, "label": 2, "seed": 9, "steps": 4}))
+    )
+    refused = generate(server, "distilled", {"n": 1, "steps": 10})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "steps"
 
 
 def test_a_grid_png_comes_back_when_asked_for(server: Server) -> None:
@@ -295,3 +307,22 @@ def test_a_request_no_idle_replica_could_finish_in_time_gets_a_definitive_answer
     if resp.status_code == 422:
         err = resp.json()["error"]
         assert err["code"] == "too_costly" and "64000 network rows" in err["message"]
+
+
+def test_haproxy_waits_longer_than_the_request_deadline(server: Server) -> None:
+    """The live HAProxy in front of this server: its server timeout exceeds genserve's request deadline,
+    so a request still inside its deadline is never cut by the proxy (a 64-image, 1000-step request is
+    refused as too costly on this machine, so the bound is shown on the configuration HAProxy runs)."""
+    import re
+    import subprocess
+    from urllib.parse import urlparse
+
+    from service.settings import Settings
+
+    port = urlparse(server.url).port
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    configs = {Path(m) for m in re.findall(r"haproxy\S*\s.*?-f\s+(\S+)", ps)}
+    live = [c.read_text() for c in configs if c.exists() and f":{port}" in c.read_text()]
+    assert live, f"no running HAProxy configuration binds port {port}"
+    (timeout,) = {int(t) for cfg in live for t in re.findall(r"timeout server (\d+)s", cfg)}
+    assert timeout > Settings().request_timeout_s

@@ -46,3 +46,15 @@ def test_label_accuracy_is_the_share_of_matching_labels() -> None:
     f = np.random.default_rng(3).standard_normal((100, 4))
     q = quality(f, f, np.array([1, 2, 3, 4] * 25), np.array([1, 2, 3, 0] * 25))
     assert q.label_accuracy == 0.75 and q.n == 100
+
+
+def test_class_shares_measure_how_far_samples_are_from_uniform() -> None:
+    from service.evaluation import class_shares, unconditional_quality
+
+    assert class_shares(np.repeat(np.arange(10), 10), 10) == (0.1, 0.1, 0.0)
+    lo, hi, tv = class_shares(np.array([0] * 50 + [1] * 50), 10)
+    assert (lo, hi) == (0.0, 0.5) and abs(tv - 0.8) < 1e-12
+    f = np.random.default_rng(0).standard_normal((100, 4))
+    q = unconditional_quality(f, f, np.array([3] * 100), 10)
+    assert q.label_accuracy is None and q.max_class_share == 1.0
+    assert {"min_class_share", "max_class_share", "class_tv"} <= set(q.as_dict())
