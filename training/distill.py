@@ -27,7 +27,7 @@ import torch
 
 from service.samplers import make_plan
 from training import checkpoint, nets
-from training.train import DiffusionRecipe, TrainConfig, Trainer, _drop_labels, _logs, ema_update, make_unet
+from training.train import DiffusionRecipe, TrainConfig, Trainer, _drop_labels, _logs, denoiser_update, make_unet
 
 TEACHER_STEPS = 16
 STUDENT_STEPS = (1, 2, 4)
@@ -142,14 +142,7 @@ def distill(cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_si
         pred = x0_hat(out, x, a_t, s_t, recipe.prediction)
         snr = (a_t / s_t).pow(2).view(-1)
         loss = (snr.clamp(min=1.0) * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        warm = min(1.0, (trainer.step + 1) / 200)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * warm
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, student, trainer.step, recipe.ema_decay)
+        denoiser_update(opt, student, ema, loss, cfg.lr, trainer.step, recipe.ema_decay)
         return _logs(cfg, trainer, loss=loss)
 
     refill()

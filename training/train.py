@@ -213,6 +213,26 @@ def diffusion_loss(
     return per_image.mean()
 
 
+def denoiser_update(
+    opt: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    loss: torch.Tensor,
+    lr: float,
+    step: int,
+    ema_decay: float,
+) -> None:
+    """One optimiser step of a diffusion network or student: 200-step LR warm-up, clip at 1, EMA."""
+    warm = min(1.0, (step + 1) / 200)
+    for group in opt.param_groups:
+        group["lr"] = lr * warm
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema_update(ema, model, step, ema_decay)
+
+
 def _saved_recipe(cfg: TrainConfig) -> DiffusionRecipe | None:
     """A resumed run keeps the recipe it started with, whatever the command line says now."""
     for source in (cfg.checkpoint_dir / f"{cfg.name}.safetensors", cfg.resume_from):
@@ -239,15 +259,8 @@ def train_diffusion(cfg: TrainConfig) -> Trainer:
     abar = recipe.alphas_cumprod().to(cfg.device)
 
     def step(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        warm = min(1.0, (trainer.step + 1) / 200)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warm
         loss = diffusion_loss(model, recipe, abar, x0, y, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, model, trainer.step, recipe.ema_decay)
+        denoiser_update(opt, model, ema, loss, cfg.lr, trainer.step, recipe.ema_decay)
         return _logs(cfg, trainer, loss=loss)
 
     trainer.run(step, *_data())

@@ -315,6 +315,7 @@ def test_haproxy_waits_longer_than_the_request_deadline(server: Server) -> None:
     refused as too costly on this machine, so the bound is shown on the configuration HAProxy runs)."""
     import re
     import subprocess
+    from pathlib import Path
     from urllib.parse import urlparse
 
     from service.settings import Settings
