@@ -314,15 +314,20 @@ def test_haproxy_waits_longer_than_the_request_deadline(server: Server) -> None:
     so a request still inside its deadline is never cut by the proxy (a 64-image, 1000-step request is
     refused as too costly on this machine, so the bound is shown on the configuration HAProxy runs)."""
     import re
-    import subprocess
     from pathlib import Path
     from urllib.parse import urlparse
 
     from service.settings import Settings
 
     port = urlparse(server.url).port
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    configs = {Path(m) for m in re.findall(r"haproxy\S*\s.*?-f\s+(\S+)", ps)}
+    configs = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended while we looked
+            continue
+        if args and args[0].endswith(b"haproxy") and b"-f" in args:
+            configs.add(Path(args[args.index(b"-f") + 1].decode()))
     live = [c.read_text() for c in configs if c.exists() and f":{port}" in c.read_text()]
     assert live, f"no running HAProxy configuration binds port {port}"
     (timeout,) = {int(t) for cfg in live for t in re.findall(r"timeout server (\d+)s", cfg)}
