@@ -9,6 +9,10 @@ def _s(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:.{digits}f} s"
 
 
+def _count(x: float | None) -> str:
+    return "–" if x is None else f"{x:.0f}"
+
+
 def _ledger(r: dict[str, Any]) -> str:
     other = ", ".join(f"{k}: {v}" for k, v in r["error_statuses"].items()) or "none"
     return (
@@ -102,10 +106,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## A client that disconnects",
         "",
-        f"A 4-image, 1000-step diffusion request whose client closed the connection {_s(dc['client_gave_up_after_s'])} s in. "
+        f"A 4-image, 800-step diffusion request whose client closed the connection {_s(dc['client_gave_up_after_s'])} in. "
         f"The queue-depth gauge (`genserve_queue_depth_images`, exported every {dc['metrics_report_interval_s']:.1f} s) "
-        f"showed its {dc['queue_depth_before_disconnect']:.0f} images queued before the disconnect (over a "
-        f"baseline of {dc['queue_depth_baseline']:.0f}) and was back to the baseline "
+        f"showed its {_count(dc['queue_depth_before_disconnect'])} images queued before the disconnect (over a "
+        f"baseline of {_count(dc['queue_depth_baseline'])}) and was back to the baseline "
         f"{_s(dc['queue_empty_after_s'])} after it (the gauge's export interval included); a 10-step request "
         f"sent next took {_s(dc['next_10_step_request_s'], 2)}.",
         "",
