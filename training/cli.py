@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p)
     p.set_defaults(func=_distill, family="distilled")
     p = sub.add_parser("export", help="export checkpoints to ONNX model folders with cards (checks parity)")
-    p.add_argument("families", nargs="*", help=f"any of {', '.join(FAMILIES)} (default: all)")
+    p.add_argument("families", nargs="*", help=f"any of {', '.join((*FAMILIES, 'distilled'))} (default: all)")
     p.add_argument("--out", default="exported")
     p.set_defaults(func=_export)
     p = sub.add_parser("eval", help="measure FID, precision/recall and label accuracy; update cards and reports")
