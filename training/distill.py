@@ -26,8 +26,17 @@ import numpy as np
 import torch
 
 from service.samplers import make_plan
-from training import checkpoint, nets
-from training.train import DiffusionRecipe, TrainConfig, Trainer, _drop_labels, _logs, denoiser_update, make_unet
+from training import nets
+from training.train import (
+    DiffusionRecipe,
+    TrainConfig,
+    Trainer,
+    _drop_labels,
+    _logs,
+    denoiser_update,
+    load_unet,
+    make_unet,
+)
 
 TEACHER_STEPS = 16
 STUDENT_STEPS = (1, 2, 4)
@@ -37,10 +46,7 @@ POOL_REFRESH_STEPS = 1000
 
 def load_teacher(path: Path, device: str) -> tuple[nets.UNet, DiffusionRecipe, int]:
     """The teacher's EMA weights and recipe from a diffusion checkpoint (full or weights-only)."""
-    meta = checkpoint.read_meta(path)
-    recipe = DiffusionRecipe(**meta["recipe"])
-    net = make_unet(recipe)
-    net.load_state_dict(checkpoint.module_state(checkpoint.load_tensors(path), "ema"))
+    net, recipe, meta = load_unet(path)
     return net.to(device).eval().requires_grad_(False), recipe, int(meta["step"])
 
 

@@ -18,7 +18,7 @@ import torch
 from training import checkpoint, nets
 from training.data import N_HELDOUT, N_TRAIN
 from training.distill import STUDENT_STEPS, TEACHER_STEPS
-from training.train import CHECKPOINT_DIR, DiffusionRecipe, make_unet
+from training.train import CHECKPOINT_DIR, DiffusionRecipe, load_unet
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -201,10 +201,7 @@ def _recipe_line(recipe: DiffusionRecipe) -> str:
 
 def export_diffusion(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     path = checkpoint_path("diffusion", checkpoint_dir)
-    meta = checkpoint.read_meta(path)
-    recipe = DiffusionRecipe(**meta["recipe"])
-    unet = make_unet(recipe)
-    unet.load_state_dict(checkpoint.module_state(checkpoint.load_tensors(path), "ema"))
+    unet, recipe, meta = load_unet(path)
     folder = out / "diffusion"
     err = _checked_export(unet, _diffusion_inputs, folder / "model.onnx", ["x", "t", "label"], ["out"])
     card = _card(
@@ -223,10 +220,7 @@ def export_diffusion(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
 
 def export_distilled(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     path = checkpoint_path("distilled", checkpoint_dir)
-    meta = checkpoint.read_meta(path)
-    recipe = DiffusionRecipe(**meta["recipe"])
-    unet = make_unet(recipe, max_steps=max(STUDENT_STEPS))
-    unet.load_state_dict(checkpoint.module_state(checkpoint.load_tensors(path), "ema"))
+    unet, recipe, meta = load_unet(path, max_steps=max(STUDENT_STEPS))
     folder = out / "distilled"
     err = _checked_export(unet, _diffusion_inputs_k, folder / "model.onnx", ["x", "t", "label", "k"], ["out"])
     teacher = meta["teacher"]
@@ -260,7 +254,7 @@ def _provenance(meta: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
     return {
         "command": f"scripts/train_gpu.sh (the `{cfg['run']}` run; its last run: device {cfg['device']}, batch "
         f"{cfg['batch_size']}, lr {cfg['lr']}, {cfg['minutes']} min) && genserve export {name} && genserve eval {name}",
-        "notes": f"Weights: {path.name} in {WEIGHTS_DIR}/ (safetensors, EMA and raw weights; resume with "
+        "notes": f"Weights: {path} (safetensors, EMA and raw weights; resume with "
         f"--resume-from). Runs are bounded by wall time; the checkpoint records the steps reached.{note}",
     }
 

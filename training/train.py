@@ -244,6 +244,15 @@ def _saved_recipe(cfg: TrainConfig) -> DiffusionRecipe | None:
     return None
 
 
+def load_unet(path: Path, max_steps: int = 0) -> tuple[nets.UNet, DiffusionRecipe, dict[str, Any]]:
+    """A diffusion checkpoint's EMA weights in the UNet its recipe names, with the checkpoint's metadata."""
+    meta = checkpoint.read_meta(path)
+    recipe = DiffusionRecipe(**meta["recipe"])
+    net = make_unet(recipe, max_steps)
+    net.load_state_dict(checkpoint.module_state(checkpoint.load_tensors(path), "ema"))
+    return net, recipe, meta
+
+
 def make_unet(recipe: DiffusionRecipe, max_steps: int = 0) -> nets.UNet:
     return nets.UNet(**nets.UNET_ARCHS[recipe.arch], max_steps=max_steps)  # type: ignore[arg-type]
 
