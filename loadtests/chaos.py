@@ -230,17 +230,45 @@ def queue_depths(metrics_url: str) -> dict[str, float]:
     return series
 
 
+DISCONNECT_LANES = 16
+DISCONNECT_TARGET_S = 12.0  # long next to the gauge's export lag (~1-2 s), well inside the 30 s deadline
+
+
+def disconnect_steps(warmup_s: float, warmup_steps: int) -> int:
+    """Steps for the abandoned request, so that it runs about DISCONNECT_TARGET_S on this machine.
+
+    The network's rows per second hardly change with batch size here, so a request's time scales
+    with its steps; a warm-up of the same width measures the seconds per step. A fixed size cannot
+    serve: on a fast machine a 3,200-row request finished before the gauge showed it, and a larger
+    one was refused as too costly where the replica's pace estimate was low."""
+    per_step = warmup_s / warmup_steps
+    return max(50, min(1000, round(DISCONNECT_TARGET_S / per_step)))
+
+
 def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
-    """A 4-image 800-step request, abandoned (connection closed) once the queue-depth gauge shows its
-    4 lanes; then the time until the gauge reads 0. Its size is a balance: seconds of work, so its
-    lanes show in the gauge (exported every metrics interval) before it finishes, yet 3,200 network
-    rows, which admission accepts under the chaos deadline (30 s) even at the cautious pace an idle
-    replica assumes (~175 rows/s here; 4,000 rows was refused as too costly whenever the replica had
-    not yet measured a faster pace)."""
-    call = Call("/v1/models/diffusion/generate", {"n": 4, "steps": 800, "seed": 5}, 4)
+    """A 16-image diffusion request sized to run ~12 s, abandoned (connection closed) once the
+    queue-depth gauge shows its lanes; then the time until the gauge is back to its baseline.
+    The warm-up of the same width also sets the replica's pace estimate, so admission judges the
+    long request at the pace it will run."""
+    interval_s = float(os.environ.get("RAY_metrics_report_interval_ms", "10000")) / 1000  # noqa: SIM112 (Ray's spelling)
+    warmup_steps = 40
+    body = {"n": DISCONNECT_LANES, "steps": warmup_steps, "seed": 4}
+    warm = one(base, Call("/v1/models/diffusion/generate", body, DISCONNECT_LANES))
+    if warm.status != 200:
+        raise RuntimeError(f"disconnect warm-up answered {warm.status}")
+    steps = disconnect_steps(warm.latency, warmup_steps)
+    call = Call("/v1/models/diffusion/generate", {"n": DISCONNECT_LANES, "steps": steps, "seed": 5}, DISCONNECT_LANES)
 
     async def scenario() -> dict[str, Any]:
-        baseline = await asyncio.to_thread(queue_depths, metrics_url)
+        # The gauge shows the warm-up's lanes until its next export: settle first, and take the
+        # lowest reading per series as the baseline (Serve's health probe adds a lane at times).
+        baseline: dict[str, float] = {}
+        settle_until = time.monotonic() + 3 * interval_s + 1
+        while time.monotonic() < settle_until:
+            for k, v in (await asyncio.to_thread(queue_depths, metrics_url)).items():
+                baseline[k] = min(v, baseline.get(k, v))
+            await asyncio.sleep(0.2)
+        seen_max = 0.0
         async with aiohttp.ClientSession() as session:
             task = asyncio.create_task(send(session, base, call, time.perf_counter(), 600, count_images))
             t0 = time.monotonic()
@@ -248,6 +276,7 @@ def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
             while time.monotonic() - t0 < 20 and grown is None and not task.done():
                 await asyncio.sleep(0.2)
                 now = await asyncio.to_thread(queue_depths, metrics_url)
+                seen_max = max([seen_max, *now.values()])
                 grown = next(((k, v) for k, v in now.items() if v - baseline.get(k, 0.0) >= call.images), None)
             answered = task.result().status if task.done() else None  # e.g. 503: not a disconnect at all
             task.cancel()  # the client goes away: aiohttp closes the connection
@@ -260,10 +289,14 @@ def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
                 break
             await asyncio.sleep(0.1)
         return {
+            "lanes": call.images,
+            "steps": steps,
+            "warmup_s": warm.latency,
             "client_gave_up_after_s": t_gone - t0,
             "queue_depth_baseline": baseline.get(grown[0], 0.0) if grown else None,
             "queue_depth_before_disconnect": grown[1] - baseline.get(grown[0], 0.0) if grown else None,
             "answered_before_disconnect": answered,
+            "queue_depth_max_seen": seen_max,  # what the gauge showed, should the lanes never appear
             "queue_empty_after_s": empty_after,
         }
 
@@ -272,7 +305,7 @@ def disconnect(base: str, metrics_url: str) -> dict[str, Any]:
     return {
         **result,
         "next_10_step_request_s": short.latency if short.status == 200 else None,
-        "metrics_report_interval_s": float(os.environ.get("RAY_metrics_report_interval_ms", "10000")) / 1000,  # noqa: SIM112 (Ray's spelling)
+        "metrics_report_interval_s": interval_s,
     }
 
 

@@ -106,7 +106,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## A client that disconnects",
         "",
-        f"A 4-image, 800-step diffusion request whose client closed the connection {_s(dc['client_gave_up_after_s'])} in. "
+        f"A {dc['lanes']}-image, {dc['steps']}-step diffusion request (sized from a same-width warm-up to run about "
+        f"12 s here) whose client closed the connection {_s(dc['client_gave_up_after_s'])} in. "
         f"The queue-depth gauge (`genserve_queue_depth_images`, exported every {dc['metrics_report_interval_s']:.1f} s) "
         f"showed its {_count(dc['queue_depth_before_disconnect'])} images queued before the disconnect (over a "
         f"baseline of {_count(dc['queue_depth_baseline'])}) and was back to the baseline "

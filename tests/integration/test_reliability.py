@@ -58,7 +58,9 @@ def test_killed_replicas_and_node_come_back_in_bounded_time(report: dict) -> Non
 
 def test_an_abandoned_request_frees_its_lanes(report: dict) -> None:  # type: ignore[type-arg]
     d = report["disconnect"]
-    assert d["answered_before_disconnect"] is None  # it was running, not refused or done
-    assert d["queue_depth_before_disconnect"] == 4  # the request's 4 lanes, over whatever was there before
+    assert d["answered_before_disconnect"] is None, d  # it was running, not refused or done
+    # the request's lanes over the idle baseline, and Serve's 1-lane health probe if it coincided
+    depth = d["queue_depth_before_disconnect"]
+    assert depth is not None and d["lanes"] <= depth <= d["lanes"] + 1, d
     assert d["queue_empty_after_s"] is not None and d["queue_empty_after_s"] <= 3
     assert d["next_10_step_request_s"] is not None and d["next_10_step_request_s"] < 5
