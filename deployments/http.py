@@ -100,21 +100,24 @@ class HeaderLimit:
 
 
 class BodyLimit:
-    """Refuses bodies over `max_bytes` (by Content-Length, or while streaming) before they are
+    """Refuses bodies over the limit (by Content-Length, or while streaming) before they are
     parsed. A declared length over the limit is refused before the body is read, so a client
-    that sent `Expect: 100-continue` gets the 413 and never a `100 Continue`."""
+    that sent `Expect: 100-continue` gets the 413 and never a `100 Continue`. The limit is
+    `max_bytes`, or `per_route[path]` for routes whose inputs need more (images)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, per_route: dict[str, int] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_route = per_route or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_route.get(_route_path(scope), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._refuse(scope, receive, send, limit)
             return
         seen = 0
 
@@ -122,17 +125,17 @@ class BodyLimit:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
+            if seen > limit:
                 raise _TooLarge()
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        resp = error_response(413, "body_too_large", f"request body over {self.max_bytes} bytes")
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        resp = error_response(413, "body_too_large", f"request body over {limit} bytes")
         await resp(scope, receive, send)
 
 
@@ -195,7 +198,14 @@ def parse_request(raw: bytes, schema: type[BaseModel], card: ModelCard, limits: 
         raise InvalidRequest(message, field=field) from None
 
 
-def make_app(title: str, record: ErrorRecorder, *, docs: bool = False, description: str = "") -> FastAPI:
+def make_app(
+    title: str,
+    record: ErrorRecorder,
+    *,
+    docs: bool = False,
+    description: str = "",
+    body_limits: dict[str, int] | None = None,
+) -> FastAPI:
     """A FastAPI app with genserve's edge: middleware, JSON errors, no redirects.
 
     Trailing-slash redirects are off: Starlette builds them from the client's Host header."""
@@ -208,7 +218,7 @@ def make_app(title: str, record: ErrorRecorder, *, docs: bool = False, descripti
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
     )
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, per_route=body_limits)
     app.add_middleware(BearerAuth)
     app.add_middleware(HeaderLimit)
     app.add_middleware(PrefixRoot)

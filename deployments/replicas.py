@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 from fastapi import FastAPI
@@ -38,6 +40,11 @@ from service.stats import RequestStats, StepStats
 # A replica that cannot answer a 1-image request within this long is unhealthy. Far above a
 # batch's time under full load here (a 64-image GAN batch is ~0.1 s, a diffusion step ~0.1 s).
 HEALTH_PROBE_TIMEOUT_S = 20.0
+T = TypeVar("T")
+
+
+class _ClientLeft(Exception):
+    """Raised in a worker thread to stop work whose client has gone."""
 
 
 def remaining(deadline: float) -> float:
@@ -73,6 +80,24 @@ class _Replica:
     async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
         """Images for `job` by `deadline` (Unix time), recorded in the request metrics."""
         return await self._generate(job, deadline, grid, self.metrics)
+
+    async def compute(self, fn: Callable[[Callable[[], None]], T], deadline: float) -> T:
+        """`fn(check)` in a worker thread (scoring, encoding, interpolation); `check` raises at
+        the deadline (a 504) or once the client has left, so the work stops at its next chunk."""
+        gone = threading.Event()
+
+        def check() -> None:
+            if gone.is_set():
+                raise _ClientLeft
+            if time.time() > deadline:
+                raise DeadlineExceeded("request passed its deadline")
+
+        try:
+            return await asyncio.to_thread(fn, check)
+        except asyncio.CancelledError:
+            gone.set()
+            self.metrics.cancelled()
+            raise
 
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
         raise NotImplementedError

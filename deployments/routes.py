@@ -12,21 +12,33 @@ import base64
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
+from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
 from service.cards import ModelCard
 from service.errors import ModelNotFound, Overloaded
 from service.jobs import Job
+from service.registry import LoadedModel
 from service.schemas import (
     REQUEST_SCHEMAS,
+    ClassifyRequest,
+    ClassifyResponse,
+    EncodeRequest,
+    EncodeResponse,
     ErrorResponse,
     GeneratedImage,
     GenerateResponse,
+    ImagesResponse,
+    InterpolateRequest,
     ModelInfo,
+    ReconstructRequest,
+    ScoreRequest,
+    ScoreResponse,
     Timings,
 )
 from service.settings import Limits
@@ -46,14 +58,25 @@ class Images:
     total_seconds: float
 
 
+T = TypeVar("T")
+
+
 class ModelBackend(Protocol):
     """A model replica as its routes see it."""
 
     @property
     def card(self) -> ModelCard: ...
 
+    @property
+    def model(self) -> LoadedModel: ...
+
     async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
         """Images for `job` by `deadline` (Unix time), or a GenserveError."""
+        ...
+
+    async def compute(self, fn: Callable[[Check], T], deadline: float) -> T:
+        """`fn(check)` in a worker thread; `check` raises once the deadline passes or the client
+        has left, so the work stops at its next chunk."""
         ...
 
 
@@ -87,7 +110,7 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
     card = backend.card
     schema = REQUEST_SCHEMAS[card.family]
     limits = Limits()
-    app = make_app(f"genserve model {card.name}", record)
+    app = make_app(f"genserve model {card.name}", record, body_limits=body_limits(card, limits))
 
     @app.get("/")
     async def info() -> ModelInfo:
@@ -101,6 +124,7 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
         out = await backend.generate(job, deadline, req.grid)
         return generate_response(card.name, job.seed, out)
 
+    add_image_routes(app, backend, timeout_s, limits)
     return app
 
 
@@ -168,4 +192,52 @@ def catalog_app(
         # A served model's requests go to its own replicas; one arrives here only while it has none.
         raise Overloaded(f"model {name!r} has no running replica; retry", retry_after=2.0)
 
+    for route, (request_schema, response_schema, families) in IMAGE_ROUTE_DOCS.items():
+        _document_image_route(app, route, request_schema, response_schema, families, card_of)
+
     return app
+
+
+# The routes beyond sampling, for the catalog's OpenAPI: request, response, which models have it.
+IMAGE_ROUTE_DOCS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
+    "/score": (ScoreRequest, ScoreResponse, "VAE models with a `density` card block"),
+    "/classify": (ClassifyRequest, ClassifyResponse, "VAE models with a `density` card block"),
+    "/encode": (EncodeRequest, EncodeResponse, "VAE models"),
+    "/reconstruct": (ReconstructRequest, ImagesResponse, "VAE models"),
+    "/interpolate": (InterpolateRequest, ImagesResponse, "GAN and VAE models"),
+}
+
+
+def _document_image_route(
+    app: FastAPI,
+    route: str,
+    request_schema: type[BaseModel],
+    response_schema: type[BaseModel],
+    families: str,
+    card_of: Callable[[str], ModelCard],
+) -> None:
+    schema = request_schema.model_json_schema()
+    body = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema, "examples": {"example": {"value": schema["examples"][0]}}}
+            },
+        }
+    }
+
+    async def handler(name: str) -> JSONResponse:
+        card = card_of(name)
+        if route not in routes_for(card):
+            raise ModelNotFound(f"model {name!r} has no {route} route ({families} have it)")
+        raise Overloaded(f"model {name!r} has no running replica; retry", retry_after=2.0)
+
+    app.post(
+        f"/v1/models/{{name}}{route}",
+        response_model=response_schema,
+        responses=GENERATE_ERRORS,
+        openapi_extra=body,
+        summary=(request_schema.__doc__ or route).strip().splitlines()[0],
+        description=f"{families}. Served by the model's own replicas.",
+        name=route.strip("/"),
+    )(handler)

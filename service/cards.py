@@ -76,6 +76,28 @@ class SamplingSpec(_Strict):
         return self
 
 
+class DensitySpec(_Strict):
+    """vae only: what scoring images needs (likelihood bounds, the generative classifier).
+
+    Pixels are scored as binary (on where the intensity, 0 black to 1 white, is at least
+    `binarize_at`): the decoder's Bernoulli likelihood is a probability over binary images, so
+    the bounds are true log-probabilities in nats (bits per dimension divide by H x W x C x ln 2).
+    """
+
+    decoder_logits: str = Field(description="Decoder graph output holding each pixel's Bernoulli logit.")
+    encoder_logvar: str = Field(description="Encoder graph output holding log-variances of q(z | x, y).")
+    binarize_at: float = Field(0.5, gt=0, lt=1, description="Intensity at or above which a pixel counts as on.")
+    label_prior: list[float] | None = Field(
+        None, description="p(y) over the labels, for marginal bounds and Bayes' rule; uniform when absent."
+    )
+
+    @model_validator(mode="after")
+    def _prior_sums_to_one(self) -> DensitySpec:
+        if self.label_prior is not None and (min(self.label_prior) <= 0 or abs(sum(self.label_prior) - 1) > 1e-6):
+            raise ValueError("label_prior must be positive and sum to 1")
+        return self
+
+
 class Provenance(_Strict):
     """Where the weights came from."""
 
@@ -110,6 +132,7 @@ class ModelCard(_Strict):
     )
     onnx: OnnxIO = Field(description="The ONNX generator and its input roles.")
     encoder: OnnxIO | None = Field(None, description="vae only: the (image, label) -> (mu, logvar) encoder.")
+    density: DensitySpec | None = Field(None, description="vae only: how images are scored; needs `encoder`.")
     provenance: Provenance = Field(description="Training data and the reproducing command.")
     quality: dict[str, dict[str, float]] = Field(
         default_factory=dict,
@@ -129,6 +152,11 @@ class ModelCard(_Strict):
             raise ValueError(
                 "a step-conditioned model (onnx input role `num_steps`) needs `sampling` to list its steps"
             )
+        if self.density is not None and (self.family != "vae" or self.encoder is None):
+            raise ValueError("`density` is for vae cards with an `encoder`")
+        prior = self.density.label_prior if self.density is not None else None
+        if prior is not None and len(prior) != len(self.labels):
+            raise ValueError(f"density.label_prior needs one entry per label ({len(self.labels)})")
         if self.family in ("gan", "vae") and self.latent_dim is None:
             raise ValueError(f"a {self.family} card needs `latent_dim`")
         return self
@@ -136,6 +164,23 @@ class ModelCard(_Strict):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.image.channels, self.image.height, self.image.width)
+
+    def routes(self) -> list[str]:
+        """The model's routes under `/v1/models/{name}`: what its family and card support."""
+        out = ["/generate"]
+        if self.family in ("gan", "vae"):
+            out.append("/interpolate")
+        if self.encoder is not None:
+            out += ["/encode", "/reconstruct"]
+        if self.density is not None:
+            out += ["/score", "/classify"]
+        return out
+
+    def label_prior(self) -> list[float]:
+        """p(y) for the generative classifier: the card's, or uniform over the labels."""
+        if self.density is not None and self.density.label_prior is not None:
+            return list(self.density.label_prior)
+        return [1 / len(self.labels)] * len(self.labels)
 
 
 def load_card(folder: Path) -> ModelCard:

@@ -52,6 +52,10 @@ def load_model(folder: Path, *, device: Device = "auto", intra_op_threads: int =
     if card.encoder is not None:
         encoder = OnnxModel(folder / card.encoder.file, device=device, intra_op_threads=intra_op_threads)
         encoder.check_io(card.encoder.inputs, card.encoder.output)
+        if card.density is not None:
+            for graph, name in ((onnx, card.density.decoder_logits), (encoder, card.density.encoder_logvar)):
+                if name not in graph.outputs:
+                    raise ModelLoadError(f"{graph.path}: density names output {name!r}; the graph has {graph.outputs}")
     abar = None
     if card.schedule is not None:
         s = card.schedule

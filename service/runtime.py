@@ -107,21 +107,26 @@ class OnnxModel:
             raise ModelLoadError(f"{self.path}: card does not match ONNX graph: " + "; ".join(problems))
 
     def run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Runs the graph for one output; inputs are cast to the declared dtypes. A batch is
-        split into `ways` slices run in parallel where every input has the same batch size."""
+        """Runs the graph for one output; see `run_all`."""
+        return self.run_all([output], feeds)[0]
+
+    def run_all(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Runs the graph for the named outputs; inputs are cast to the declared dtypes. A batch
+        is split into `ways` slices run in parallel where every input has the same batch size."""
         cast = {name: np.ascontiguousarray(arr, dtype=self.inputs[name].dtype) for name, arr in feeds.items()}
         sizes = {len(arr) if arr.ndim else 0 for arr in cast.values()}
         batch = next(iter(sizes)) if len(sizes) == 1 else 0
         if batch < self.ways or self._slices is None:
-            return np.asarray(self._whole.run([output], cast)[0])
+            return [np.asarray(a) for a in self._whole.run(outputs, cast)]
         ways = self.ways
         parts = [
             dict(zip(cast, chunk, strict=True))
             for chunk in zip(*(np.array_split(a, ways) for a in cast.values()), strict=True)
         ]
-        rest = [self._slices.submit(self.session.run, [output], part) for part in parts[1:]]
-        first = self.session.run([output], parts[0])[0]
-        return np.concatenate([np.asarray(first), *(np.asarray(f.result()[0]) for f in rest)])
+        rest = [self._slices.submit(self.session.run, outputs, part) for part in parts[1:]]
+        first = self.session.run(outputs, parts[0])
+        done = [first, *(f.result() for f in rest)]
+        return [np.concatenate([np.asarray(d[i]) for d in done]) for i in range(len(outputs))]
 
 
 def _input_spec(node: ort.NodeArg) -> InputSpec:

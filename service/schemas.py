@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.cards import ModelCard
+from service.inputs import MAX_IMAGE_BASE64_CHARS
 from service.jobs import MIN_TRUNCATION, DiffusionJob, LatentJob, network_rows
 from service.samplers import SAMPLERS, SamplerName
 from service.settings import Limits
@@ -34,6 +35,19 @@ STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 def _listed(values: list[Any]) -> str:
     return ", ".join(str(v) for v in values)
+
+
+def _check_label(v: int | None, info: ValidationInfo, *, none_means: str = "unconditional") -> int | None:
+    """A label index within the card's labels; None only where the model has a null label
+    (`none_means` "marginal": None means every label, which needs no null label)."""
+    card = _ctx(info)[0]
+    if card is None:
+        return v
+    if v is None and card.null_label is None and none_means == "unconditional":
+        raise ValueError(f"model {card.name!r} is class-conditional only: give a label")
+    if v is not None and v >= len(card.labels):
+        raise ValueError(f"label must be an index below {len(card.labels)} (labels: {card.labels})")
+    return v
 
 
 class _GenerateBase(BaseModel):
@@ -57,14 +71,7 @@ class _GenerateBase(BaseModel):
     @field_validator("label")
     @classmethod
     def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
-        card = _ctx(info)[0]
-        if card is None:
-            return v
-        if v is None and card.null_label is None:
-            raise ValueError(f"model {card.name!r} is class-conditional only: give a label")
-        if v is not None and v >= len(card.labels):
-            raise ValueError(f"label must be an index below {len(card.labels)} (labels: {card.labels})")
-        return v
+        return _check_label(v, info)
 
     def resolved_seed(self) -> int:
         return self.seed if self.seed is not None else secrets.randbelow(MAX_SEED)
@@ -236,6 +243,7 @@ class ModelInfo(BaseModel):
         None, description="The only step counts the model supports (a distilled model); null: any up to max_steps."
     )
     max_images: int
+    routes: list[str] = Field(description="The model's routes under /v1/models/{name}, e.g. /generate, /score.")
     quality: dict[str, dict[str, float]]
 
     @classmethod
@@ -252,5 +260,198 @@ class ModelInfo(BaseModel):
             max_steps=min(limits.max_steps, card.schedule.num_train_timesteps) if card.schedule else None,
             steps=list(card.sampling.steps) if card.sampling else None,
             max_images=limits.max_images,
+            routes=card.routes(),
             quality=card.quality,
         )
+
+
+# --- Beyond sampling: scoring, encoding, interpolation (GAN and VAE) -------------------------
+
+ImageBase64 = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_IMAGE_BASE64_CHARS,
+        description="Base64 PNG or JPEG of the model's image size. A greyscale model takes the ITU-R 601-2 luma "
+        "of a colour image; alpha is composited onto black first; 16-bit greyscale keeps its top 8 bits.",
+    ),
+]
+# A 28x28 digit 3 (the VAE's, seed 3) as the examples' image.
+_DIGIT = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA+UlEQVR4nGNgGFjAyMjKiCqAYLLJ2Rr/3P/t2tvfMBEmhDJRTbn/322SNFjhQixw"
+    "VYIKLFeuPuaICL/5DV2SkYPp0r8/v/5//6DzHUPn/z/v/v1nYGBg9r+JkERzG+PazwmM2CUZmbM/7GbFJsfAxMxqe/KROLIIgvnvL6et4so32CUZ"
+    "GL5t+3D/Py7Jv3eOenHjkvz/87m2D5IICwOK7HK531h9wsDAwMjEESaHpBPZWGZmZm5VKezGMjL8Z2EzULz5HptOVj4eNm2x35yMWHQycsR+fBnD"
+    "8+LdfyySDFoOH3ie7d35GyGCnEyk2f+9+vr3Hw6vUA8AAH1+ScTb6TAcAAAAAElFTkSuQmCC"
+)
+
+
+class _ImagesIn(BaseModel):
+    model_config = STRICT
+
+    images: list[ImageBase64] = Field(min_length=1, description="The images, base64 PNG or JPEG.")
+
+    @field_validator("images")
+    @classmethod
+    def _images_within_limit(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        limit = _ctx(info)[1].max_input_images
+        if len(v) > limit:
+            raise ValueError(f"at most {limit} images per request")
+        return v
+
+
+class _Scored(_ImagesIn):
+    k: int = Field(64, ge=1, description="Importance samples per image and label (IWAE k); the bound tightens with k.")
+    seed: Seed = Field(0, description="Seed of the importance samples: the same request gives the same numbers.")
+
+    @field_validator("k")
+    @classmethod
+    def _k_within_limit(cls, v: int, info: ValidationInfo) -> int:
+        limit = _ctx(info)[1].max_iwae_samples
+        if v > limit:
+            raise ValueError(f"at most {limit} importance samples")
+        return v
+
+
+class ScoreRequest(_Scored):
+    """Log-likelihood bounds of images under a VAE."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"images": [_DIGIT], "label": 3, "k": 256}]})
+
+    label: int | None = Field(
+        None,
+        ge=0,
+        description="Score log p(x | label); omit for log p(x), marginalised over labels with the card's prior.",
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _check_label(v, info, none_means="marginal")
+
+
+class ClassifyRequest(_Scored):
+    """p(y | x) over the model's labels, by Bayes' rule on the conditional likelihood bounds."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"images": [_DIGIT], "k": 64}]})
+
+
+class EncodeRequest(_ImagesIn):
+    """The VAE posterior q(z | x, label) of each image."""
+
+    model_config = ConfigDict(**STRICT, json_schema_extra={"examples": [{"images": [_DIGIT], "label": 0}]})
+
+    label: int | None = Field(
+        None, ge=0, validate_default=True, description="The label the encoder conditions on; omit for the null label."
+    )
+
+    @field_validator("label")
+    @classmethod
+    def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _check_label(v, info)
+
+
+class ReconstructRequest(EncodeRequest):
+    """Each image decoded from its posterior mean."""
+
+    model_config = ConfigDict(
+        **STRICT, json_schema_extra={"examples": [{"images": [_DIGIT], "label": 0, "grid": True}]}
+    )
+
+    grid: bool = Field(False, description="Also return the images tiled into one PNG.")
+
+
+class InterpolateRequest(BaseModel):
+    """Frames along the spherical path between two latents: two seeds (the latents `generate`
+    draws for image 0 of each seed, so the first frame is that image), or, for a VAE, two
+    images (their posterior means)."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={"examples": [{"from_seed": 1, "to_seed": 2, "frames": 8, "label": 5, "grid": True}]},
+    )
+
+    from_seed: Seed | None = Field(None, description="Seed of the first endpoint.")
+    to_seed: Seed | None = Field(None, description="Seed of the last endpoint.")
+    from_image: ImageBase64 | None = Field(None, description="VAE only: image of the first endpoint.")
+    to_image: ImageBase64 | None = Field(None, description="VAE only: image of the last endpoint.")
+    frames: int = Field(8, ge=2, description="Frames, both endpoints included.")
+    label: int | None = Field(
+        None, ge=0, validate_default=True, description="Label the frames are decoded (and images encoded) with."
+    )
+    grid: bool = Field(False, description="Also return the frames tiled into one PNG.")
+
+    @field_validator("label")
+    @classmethod
+    def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _check_label(v, info)
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_within_limit(cls, v: int, info: ValidationInfo) -> int:
+        limit = _ctx(info)[1].max_frames
+        if v > limit:
+            raise ValueError(f"at most {limit} frames")
+        return v
+
+    @model_validator(mode="after")
+    def _one_pair(self, info: ValidationInfo) -> InterpolateRequest:
+        seeds = (self.from_seed is not None, self.to_seed is not None)
+        images = (self.from_image is not None, self.to_image is not None)
+        if any(seeds) and any(images):
+            raise ValueError("give two seeds or two images, not both")
+        if images == (True, True):
+            card = _ctx(info)[0]
+            if card is not None and card.encoder is None:
+                raise ValueError(f"model {card.name!r} has no encoder: interpolate between seeds")
+            return self
+        if seeds != (True, True):
+            raise ValueError("give both from_seed and to_seed (or, for a VAE, from_image and to_image)")
+        return self
+
+
+class ImageScore(BaseModel):
+    """Lower bounds on log p(x) (or log p(x | label)) of one image; pixels scored as binary."""
+
+    index: int
+    elbo: float = Field(description="Evidence lower bound, nats.")
+    iwae: float = Field(description="Importance-weighted bound with k samples, nats; at least as tight as elbo.")
+    elbo_bits_per_dim: float = Field(description="-elbo / (H x W x C x ln 2): an upper bound on bits per dimension.")
+    iwae_bits_per_dim: float = Field(description="-iwae / (H x W x C x ln 2).")
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    label: int | None = Field(description="The label scored under; null: marginalised over labels.")
+    k: int
+    seed: int
+    dims: int = Field(description="H x W x C, the dimensions bits per dimension divide by.")
+    scores: list[ImageScore]
+    timings: Timings
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    labels: list[str]
+    k: int
+    seed: int
+    probabilities: list[list[float]] = Field(description="p(y | x) per image, in the order of `labels`.")
+    predicted: list[int] = Field(description="The most probable label index per image.")
+    iwae: list[list[float]] = Field(description="IWAE bound on log p(x | y) per image and label, nats.")
+    timings: Timings
+
+
+class EncodeResponse(BaseModel):
+    model: str
+    label: int | None
+    mean: list[list[float]] = Field(description="Posterior mean per image.")
+    std: list[list[float]] | None = Field(description="Posterior standard deviation per image.")
+    timings: Timings
+
+
+class ImagesResponse(BaseModel):
+    """Images a request derived (reconstructions, interpolation frames), base64 PNG in order."""
+
+    model: str
+    images: list[str]
+    grid_png_base64: str | None = None
+    timings: Timings

@@ -21,6 +21,9 @@ class Limits(BaseSettings):
     max_cost: int = Field(
         64 * 1000, ge=1, description="Cap on images x steps x rows per image (2 when guided) for one diffusion request."
     )
+    max_input_images: int = Field(64, ge=1, description="Most images one request may send (scoring, encoding).")
+    max_iwae_samples: int = Field(1024, ge=1, description="Largest k, the importance samples per image and label.")
+    max_frames: int = Field(64, ge=2, description="Most frames one interpolation may ask for.")
 
 
 class Settings(BaseSettings):

@@ -157,13 +157,54 @@ def export_gan(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     return err
 
 
+# How the server scores images with the VAE: the decoder's Bernoulli logits and the encoder's
+# log-variances are graph outputs beside the images and posterior means (service.density).
+VAE_DENSITY = {"decoder_logits": "logits", "encoder_logvar": "logvar", "binarize_at": 0.5}
+
+
+class _DecoderWithLogits(torch.nn.Module):
+    """The VAE decoder as exported: images first (what generation reads), then the logits."""
+
+    def __init__(self, decoder: nets.VaeDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.decoder.logits(z, label)
+        return torch.tanh(0.5 * logits), logits
+
+
+def expose_decoder_logits(path: Path, tensor: str, name: str = "logits") -> None:
+    """Adds the intermediate `tensor` of a decoder graph as the graph output `name` (weights and
+    other outputs untouched). For a VAE exported before its decoder had a logits output: its
+    images are tanh(logits / 2), and scoring needs the logits at full precision, which the
+    saturated tanh loses."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(o.name == name for o in graph.output):
+        return
+    image = graph.output[0]
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    graph.node.append(helper.make_node("Identity", [tensor], [name], name=f"expose_{name}"))
+    graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
 def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     modules, steps = _load("vae", checkpoint_dir)
     vae = nets.Vae()
     vae.load_state_dict(modules["vae"])
     folder = out / "vae"
     err = _checked_export(
-        vae.decoder, _latent_inputs(vae.decoder.z_dim), folder / "model.onnx", ["z", "label"], ["image"]
+        _DecoderWithLogits(vae.decoder),
+        _latent_inputs(vae.decoder.z_dim),
+        folder / "model.onnx",
+        ["z", "label"],
+        ["image", "logits"],
     )
     err = max(
         err,
@@ -179,6 +220,7 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
         latent_dim=vae.decoder.z_dim,
         onnx={"file": "model.onnx", "inputs": {"latent": "z", "label": "label"}, "output": "image"},
         encoder={"file": "encoder.onnx", "inputs": {"sample": "image", "label": "label"}, "output": "mu"},
+        density=VAE_DENSITY,
     )
     _write_card(folder, card)
     return err

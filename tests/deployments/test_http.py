@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from deployments.image_routes import Check
 from deployments.routes import Images, catalog_app, model_app
 from service.cards import ModelCard, load_card
 from service.errors import GenserveError
 from service.jobs import Job
+from service.registry import LoadedModel, load_model
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
 
@@ -30,11 +32,24 @@ class FakeModel:
     def card(self) -> ModelCard:
         return self._card
 
+    @property
+    def model(self) -> LoadedModel:
+        """The shipped model itself, for the routes beyond generate (loaded when first used)."""
+        if not hasattr(self, "_model"):
+            self._model = load_model(SHIPPED / self._card.name, device="cpu")
+        return self._model
+
     async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
         if self.fail is not None:
             raise self.fail
         self.jobs.append(job)
         return Images([b"png"] * job.n, None, 0.0, 0.01)
+
+    async def compute(self, fn: Any, deadline: float) -> Any:
+        if self.fail is not None:
+            raise self.fail
+        check: Check = lambda: None  # noqa: E731
+        return fn(check)
 
 
 def client(

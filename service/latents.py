@@ -1,0 +1,63 @@
+"""Moving in a GAN's or VAE's latent space: encode, reconstruct, interpolate.
+
+Interpolation is spherical (slerp), as for Gaussian latents a straight line passes through
+latents of atypically small norm (White, 2016). A seed's endpoint is the latent `generate` draws
+for image 0 of a request with that seed, so frame 0 is exactly the image `generate` returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.generators import job_latents, resolve_label
+from service.jobs import LatentJob
+from service.registry import LoadedModel
+
+PARALLEL_COS = 0.9995  # nearly parallel endpoints: slerp's sin(omega) vanishes, so lerp instead
+
+
+def slerp(a: np.ndarray, b: np.ndarray, frames: int) -> np.ndarray:
+    """`frames` points from a to b, both ends included: (frames, d). Shoemake's slerp formula on
+    the latents as they are (it follows the great circle when their norms are equal, as two
+    Gaussian latents' nearly are)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    t = np.linspace(0.0, 1.0, frames)[:, None]
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0 or nb == 0:
+        return (1 - t) * a64 + t * b64
+    cos = float(np.clip(a64 @ b64 / (na * nb), -1.0, 1.0))
+    if cos > PARALLEL_COS:
+        return (1 - t) * a64 + t * b64
+    omega = np.arccos(cos)
+    out = (np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)
+    out[0], out[-1] = a64, b64  # exact endpoints, whatever the rounding
+    return out  # type: ignore[no-any-return]
+
+
+def seed_latent(model: LoadedModel, seed: int, truncation: float | None = None) -> np.ndarray:
+    """The latent `generate` draws for image 0 of a request with `seed`."""
+    assert model.card.latent_dim is not None
+    z: np.ndarray = job_latents(LatentJob(seed, 1, None, truncation=truncation), model.card.latent_dim)[0]
+    return z
+
+
+def decode(model: LoadedModel, z: np.ndarray, label: int | None) -> np.ndarray:
+    """Latents (n, d) -> images (n, C, H, W) in the card's value range."""
+    roles = model.card.onnx.inputs
+    labels = np.full(len(z), resolve_label(model, label), dtype=np.int64)
+    out = model.onnx.run(model.card.onnx.output, {roles["latent"]: z.astype(np.float32), roles["label"]: labels})
+    return out.astype(np.float32)
+
+
+def encode(model: LoadedModel, x: np.ndarray, label: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """q(z | x, y) for images in network range: means (n, d) and standard deviations (n, d),
+    the latter None where the card names no log-variance output."""
+    card = model.card
+    assert model.encoder is not None and card.encoder is not None
+    roles = card.encoder.inputs
+    labels = np.full(len(x), resolve_label(model, label), dtype=np.int64)
+    feeds = {roles["sample"]: x, roles["label"]: labels}
+    if card.density is None:
+        return model.encoder.run(card.encoder.output, feeds).astype(np.float64), None
+    mu, logvar = model.encoder.run_all([card.encoder.output, card.density.encoder_logvar], feeds)
+    return mu.astype(np.float64), np.exp(0.5 * logvar.astype(np.float64))

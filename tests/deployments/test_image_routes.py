@@ -1,0 +1,177 @@
+"""The routes beyond sampling over the shipped GAN and VAE, without Ray: validation (422 naming
+the field), per-route body limits (413), routes a model lacks (404), and the answers' shape."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from deployments.routes import Images, catalog_app, model_app
+from service.cards import ModelCard
+from service.errors import DeadlineExceeded
+from service.images import decode_png, png_bytes
+from service.inputs import MAX_IMAGE_BASE64_CHARS
+from service.jobs import Job
+from service.registry import LoadedModel, load_model
+
+SHIPPED = Path(__file__).resolve().parents[2] / "exported"
+T = TypeVar("T")
+
+
+class Backend:
+    """A model replica's compute, in-process: the shipped model in a worker thread."""
+
+    def __init__(self, name: str) -> None:
+        self.model: LoadedModel = load_model(SHIPPED / name, device="cpu")
+
+    @property
+    def card(self) -> ModelCard:
+        return self.model.card
+
+    async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
+        raise AssertionError("not used here")
+
+    async def compute(self, fn: Callable[[Callable[[], None]], T], deadline: float) -> T:
+        def check() -> None:
+            if time.time() > deadline:
+                raise DeadlineExceeded("request passed its deadline")
+
+        return await asyncio.to_thread(fn, check)
+
+
+@pytest.fixture(scope="module")
+def vae() -> TestClient:
+    return TestClient(model_app(Backend("vae"), 120.0, lambda _: None), root_path="/v1/models/vae")
+
+
+@pytest.fixture(scope="module")
+def gan() -> TestClient:
+    return TestClient(model_app(Backend("gan"), 120.0, lambda _: None), root_path="/v1/models/gan")
+
+
+def digit_png(seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    img = np.zeros((28, 28, 1), dtype=np.uint8)
+    img[6:22, 12:16] = 255  # a "1"
+    img[rng.integers(0, 28, 5), rng.integers(0, 28, 5)] = 128
+    return base64.b64encode(png_bytes(img)).decode("ascii")
+
+
+def error(resp: Any, status: int, field: str | None = None) -> str:
+    assert resp.status_code == status, resp.text
+    body = resp.json()["error"]
+    if field is not None:
+        assert body["field"] == field, body
+    return str(body["message"])
+
+
+def test_score_gives_bounds_in_nats_and_bits_per_dim_the_same_for_the_same_seed(vae: TestClient) -> None:
+    body = {"images": [digit_png(0), digit_png(1)], "k": 16, "seed": 3}
+    r = vae.post("/v1/models/vae/score", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["dims"] == 784 and out["label"] is None and [s["index"] for s in out["scores"]] == [0, 1]
+    for s in out["scores"]:
+        assert s["iwae"] < 0 and s["iwae_bits_per_dim"] == pytest.approx(-s["iwae"] / (784 * np.log(2)))
+    assert vae.post("/v1/models/vae/score", json=body).json()["scores"] == out["scores"]
+    labelled = vae.post("/v1/models/vae/score", json={**body, "label": 1}).json()
+    assert labelled["label"] == 1 and labelled["scores"] != out["scores"]
+
+
+def test_classify_answers_a_distribution_over_the_cards_labels(vae: TestClient) -> None:
+    r = vae.post("/v1/models/vae/classify", json={"images": [digit_png()], "k": 8})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["labels"] == [str(i) for i in range(10)] and len(out["probabilities"][0]) == 10
+    assert sum(out["probabilities"][0]) == pytest.approx(1.0)
+    assert out["predicted"] == [int(np.argmax(out["probabilities"][0]))] and out["predicted"] == [1]
+
+
+def test_encode_reconstruct_and_interpolate(vae: TestClient, gan: TestClient) -> None:
+    enc = vae.post("/v1/models/vae/encode", json={"images": [digit_png()] * 3, "label": 1}).json()
+    assert len(enc["mean"]) == 3 and len(enc["std"][0]) == 16 and min(enc["std"][0]) > 0
+    rec = vae.post("/v1/models/vae/reconstruct", json={"images": [digit_png()], "grid": True}).json()
+    assert decode_png(base64.b64decode(rec["images"][0])).shape == (28, 28, 1) and rec["grid_png_base64"]
+    frames = vae.post(
+        "/v1/models/vae/interpolate", json={"from_image": digit_png(0), "to_image": digit_png(1), "frames": 4}
+    ).json()
+    assert len(frames["images"]) == 4
+    seeds = gan.post("/v1/models/gan/interpolate", json={"from_seed": 1, "to_seed": 2, "frames": 6, "label": 3})
+    assert seeds.status_code == 200 and len(seeds.json()["images"]) == 6
+
+
+def test_the_gan_has_no_encoder_routes_and_refuses_image_endpoints(gan: TestClient) -> None:
+    assert gan.post("/v1/models/gan/score", json={"images": [digit_png()]}).status_code == 404
+    r = gan.post("/v1/models/gan/interpolate", json={"from_image": digit_png(), "to_image": digit_png()})
+    assert "no encoder" in error(r, 422)
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("score", {"images": []}, "images"),
+        ("score", {"images": ["x" * (MAX_IMAGE_BASE64_CHARS + 1)]}, "images.0"),
+        ("score", {"images": ["iVBORw0K"] * 65}, "images"),
+        ("score", {"images": ["@@@"]}, "images.0"),
+        ("score", {"images": ["aGVsbG8="]}, "images.0"),  # "hello": not an image
+        ("score", {"images": [digit_png()], "k": 1025}, "k"),
+        ("score", {"images": [digit_png()], "k": 0}, "k"),
+        ("score", {"images": [digit_png()], "label": 10}, "label"),
+        ("classify", {"images": [digit_png()], "seed": -1}, "seed"),
+        ("encode", {"images": [digit_png()], "extra": 1}, "extra"),
+        ("interpolate", {"from_seed": 1, "frames": 4}, "body"),
+        ("interpolate", {"from_seed": 1, "to_seed": 2, "frames": 65}, "frames"),
+    ],
+)
+def test_bad_inputs_are_a_422_naming_the_field(vae: TestClient, route: str, body: Any, field: str) -> None:
+    error(vae.post(f"/v1/models/vae/{route}", json=body), 422, field)
+
+
+def test_a_wrong_size_image_is_named_by_its_index(vae: TestClient) -> None:
+    buf = io.BytesIO()
+    Image.new("L", (32, 32)).save(buf, format="PNG")
+    small = base64.b64encode(buf.getvalue()).decode()
+    message = error(vae.post("/v1/models/vae/score", json={"images": [digit_png(), small]}), 422, "images.1")
+    assert "32x32" in message and "28x28" in message
+
+
+def test_image_routes_take_the_bodies_their_inputs_need_and_no_more(vae: TestClient) -> None:
+    rng = np.random.default_rng(0)
+    noise = [base64.b64encode(png_bytes(rng.integers(0, 256, (28, 28, 1), dtype=np.uint8))).decode() for _ in range(64)]
+    big = json.dumps({"images": noise, "k": 1}).encode()
+    assert len(big) > 64 * 1024  # over the generate route's limit
+    r = vae.post("/v1/models/vae/score", content=big)
+    assert r.status_code == 200 and len(r.json()["scores"]) == 64
+    huge = b'{"images": ["' + b"A" * (3 * 1024 * 1024) + b'"]}'
+    error(vae.post("/v1/models/vae/score", content=huge), 413)
+    generate_limit = b'{"n": 1, "pad": "' + b"A" * 70_000 + b'"}'
+    error(vae.post("/v1/models/vae/generate", content=generate_limit), 413)  # generate keeps its 64 KiB
+
+
+def test_the_catalog_documents_every_route_and_answers_for_models_without_one() -> None:
+    cards = {n: Backend(n).card for n in ("gan", "vae")}
+
+    async def probe(_: str) -> dict[str, str]:
+        return {}
+
+    c = TestClient(catalog_app(cards, {}, probe, lambda _: None))
+    paths = c.get("/openapi.json").json()["paths"]
+    for route in ("score", "classify", "encode", "reconstruct", "interpolate"):
+        op = paths[f"/v1/models/{{name}}/{route}"]["post"]
+        assert op["requestBody"]["content"]["application/json"]["examples"], route
+    assert c.post("/v1/models/gan/score", json={}).status_code == 404
+    assert c.post("/v1/models/vae/score", json={}).status_code == 503  # served, but no replica yet
+    assert c.get("/v1/models/vae").json()["routes"] == [
+        "/generate", "/interpolate", "/encode", "/reconstruct", "/score", "/classify",
+    ]  # fmt: skip

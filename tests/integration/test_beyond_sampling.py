@@ -1,0 +1,104 @@
+"""Scoring, classifying, encoding and interpolating through real Ray Serve and HAProxy, with the
+shipped GAN and VAE: each route, its bad inputs, and the same bytes alone and amid other traffic."""
+
+from __future__ import annotations
+
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from service.images import decode_png, png_bytes
+from tests.integration.conftest import Server
+from tests.integration.test_serve import classify, generate, images_of
+
+pytestmark = pytest.mark.integration
+
+
+def post(server: Server, model: str, route: str, body: Any, timeout: float = 120) -> requests.Response:
+    return requests.post(f"{server.url}/v1/models/{model}/{route}", json=body, timeout=timeout)
+
+
+def pngs(images: np.ndarray) -> list[str]:
+    return [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]
+
+
+@pytest.fixture(scope="module")
+def digits(server: Server) -> tuple[list[str], np.ndarray]:
+    """Sixteen diffusion digits, labels 0-9 then 0-5, as PNG uploads (a model scores another's images)."""
+    labels = [i % 10 for i in range(16)]
+    images = np.concatenate(
+        [
+            images_of(generate(server, "diffusion", {"n": 1, "label": y, "seed": 40 + i, "steps": 10}))
+            for i, y in enumerate(labels)
+        ]
+    )
+    return pngs(images), np.array(labels)
+
+
+def test_score_and_classify_are_deterministic_alone_and_amid_other_traffic(
+    server: Server, digits: tuple[list[str], np.ndarray]
+) -> None:
+    images, labels = digits
+    body = {"images": images, "k": 32, "seed": 9}
+    alone = post(server, "vae", "score", body)
+    assert alone.status_code == 200, alone.text
+    with ThreadPoolExecutor(8) as pool:
+        noise = [pool.submit(generate, server, "vae", {"n": 16, "seed": i}) for i in range(12)]
+        busy = pool.submit(post, server, "vae", "score", body)
+        assert all(f.result().status_code == 200 for f in noise)
+        assert busy.result().json()["scores"] == alone.json()["scores"]  # timings aside, the same answer
+    cls = post(server, "vae", "classify", {"images": images, "k": 32})
+    assert cls.status_code == 200, cls.text
+    predicted = np.array(cls.json()["predicted"])
+    assert (predicted == labels).mean() >= 0.8, (predicted, labels)  # the VAE reads the diffusion model's digits
+
+
+def test_reconstruct_keeps_the_digit_and_interpolation_starts_at_the_seeds_image(
+    server: Server, digits: tuple[list[str], np.ndarray]
+) -> None:
+    images, labels = digits
+    rec = post(server, "vae", "reconstruct", {"images": images[:10], "label": None})
+    assert rec.status_code == 200, rec.text
+    out = np.stack([decode_png(base64.b64decode(s)) for s in rec.json()["images"]])
+    assert (classify(server, out) == labels[:10]).mean() >= 0.8
+    for model in ("gan", "vae"):
+        frames = post(server, model, "interpolate", {"from_seed": 5, "to_seed": 6, "frames": 5, "label": 2})
+        assert frames.status_code == 200, frames.text
+        first = decode_png(base64.b64decode(frames.json()["images"][0]))
+        want = images_of(generate(server, model, {"n": 1, "seed": 5, "label": 2}))[0]
+        assert np.array_equal(first, want), model
+    enc = post(server, "vae", "encode", {"images": images[:2]})
+    assert enc.status_code == 200 and len(enc.json()["mean"][0]) == 16
+
+
+@pytest.mark.parametrize(
+    ("model", "route", "body", "status", "field"),
+    [
+        ("vae", "score", {"images": ["aGVsbG8="]}, 422, "images.0"),
+        ("vae", "score", {"images": ["iVBORw0K"] * 65}, 422, "images"),
+        ("vae", "classify", {"images": ["iVBORw0K"], "k": 5000}, 422, "k"),
+        ("vae", "interpolate", {"from_seed": 1, "to_seed": 2, "frames": 1}, 422, "frames"),
+        ("gan", "score", {"images": ["iVBORw0K"]}, 404, None),
+    ],
+)
+def test_bad_inputs_get_a_clear_4xx(
+    server: Server, model: str, route: str, body: Any, status: int, field: str | None
+) -> None:
+    r = post(server, model, route, body)
+    assert r.status_code == status, r.text
+    if field is not None:
+        assert r.json()["error"]["field"] == field
+
+
+def test_an_image_body_over_its_routes_limit_is_a_413(server: Server) -> None:
+    r = requests.post(
+        f"{server.url}/v1/models/vae/score",
+        data=b'{"images": ["' + b"A" * (3 * 1024 * 1024) + b'"]}',
+        headers={"Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert r.status_code == 413, r.text
