@@ -1,6 +1,7 @@
 """Routes beyond sampling, on the model's own replica: score and classify images (a VAE with a
 `density` card block), encode and reconstruct them (a VAE with an encoder), interpolate between
-seeds (GAN, VAE) or images (VAE).
+seeds (GAN, VAE) or images (VAE). Diffusion's image-to-image and inpainting are generate
+requests with an input image (`deployments.routes`); only their body limits are here.
 
 Each request is validated (the schemas in `service.schemas`, images decoded and checked by
 `service.inputs` before any network call), then computed in a worker thread in chunks: between
@@ -65,6 +66,7 @@ def body_limits(card: ModelCard, limits: Limits) -> dict[str, int]:
     images = limits.max_input_images * (MAX_IMAGE_BASE64_CHARS + 16) + JSON_OVERHEAD_BYTES
     pair = 2 * (MAX_IMAGE_BASE64_CHARS + 16) + JSON_OVERHEAD_BYTES
     sizes = {"/score": images, "/classify": images, "/encode": images, "/reconstruct": images, "/interpolate": pair}
+    sizes |= {"/img2img": pair, "/inpaint": pair}
     return {route: sizes[route] for route in routes_for(card)}
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
@@ -22,7 +24,8 @@ from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_r
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
 from service.cards import ModelCard
 from service.errors import ModelNotFound, Overloaded
-from service.jobs import Job
+from service.inputs import decode_image, to_network
+from service.jobs import Edit, Job
 from service.registry import LoadedModel
 from service.schemas import (
     REQUEST_SCHEMAS,
@@ -34,6 +37,8 @@ from service.schemas import (
     GeneratedImage,
     GenerateResponse,
     ImagesResponse,
+    Img2ImgRequest,
+    InpaintRequest,
     InterpolateRequest,
     ModelInfo,
     ReconstructRequest,
@@ -124,6 +129,27 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
         out = await backend.generate(job, deadline, req.grid)
         return generate_response(card.name, job.seed, out)
 
+    if "/img2img" in card.routes():
+
+        async def edited(request: Request, schema: type[Img2ImgRequest]) -> GenerateResponse:
+            deadline = time.time() + timeout_s
+            req = parse_request(await request.body(), schema, card, limits)
+            image = to_network(decode_image(req.image, card, "image")[None], card)[0]
+            mask = None
+            if isinstance(req, InpaintRequest):
+                mask = (decode_image(req.mask, card, "mask") >= 128).transpose(2, 0, 1).astype(np.float32)
+            job = dataclasses.replace(req.to_job(), edit=Edit(image, req.strength, mask))
+            out = await backend.generate(job, deadline, req.grid)
+            return generate_response(card.name, job.seed, out)
+
+        @app.post("/img2img", response_model=GenerateResponse)
+        async def img2img(request: Request) -> GenerateResponse:
+            return await edited(request, Img2ImgRequest)
+
+        @app.post("/inpaint", response_model=GenerateResponse)
+        async def inpaint(request: Request) -> GenerateResponse:
+            return await edited(request, InpaintRequest)
+
     add_image_routes(app, backend, timeout_s, limits)
     return app
 
@@ -205,6 +231,8 @@ IMAGE_ROUTE_DOCS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
     "/encode": (EncodeRequest, EncodeResponse, "VAE models"),
     "/reconstruct": (ReconstructRequest, ImagesResponse, "VAE models"),
     "/interpolate": (InterpolateRequest, ImagesResponse, "GAN and VAE models"),
+    "/img2img": (Img2ImgRequest, GenerateResponse, "Diffusion models (not step-conditioned distilled ones)"),
+    "/inpaint": (InpaintRequest, GenerateResponse, "Diffusion models (not step-conditioned distilled ones)"),
 }
 
 

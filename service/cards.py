@@ -174,6 +174,8 @@ class ModelCard(_Strict):
             out += ["/encode", "/reconstruct"]
         if self.density is not None:
             out += ["/score", "/classify"]
+        if self.family == "diffusion" and "num_steps" not in self.onnx.inputs:
+            out += ["/img2img", "/inpaint"]  # a step-conditioned model runs whole trajectories only
         return out
 
     def label_prior(self) -> list[float]:

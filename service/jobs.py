@@ -6,7 +6,9 @@ schemas only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from service.samplers import SamplerName
 from service.schedules import Spacing
@@ -38,6 +40,20 @@ class LatentJob:
 
 
 @dataclass(frozen=True)
+class Edit:
+    """What image-to-image and inpainting add to a diffusion job (arrays (C, H, W), network range).
+
+    `strength` in (0, 1]: the share of the plan's steps that run, starting from `image` noised to
+    the first of them (SDEdit); 1 starts from pure noise, exactly as a plain sample does.
+    `mask` (1 = regenerate, 0 = keep): after every step the kept pixels are set to `image` noised
+    to the next step's level (RePaint without resampling), and to `image` itself after the last."""
+
+    image: np.ndarray = field(repr=False, compare=False)
+    strength: float = 1.0
+    mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True)
 class DiffusionJob:
     """One validated diffusion request; `deadline` is a `time.monotonic()` instant or None."""
 
@@ -50,6 +66,7 @@ class DiffusionJob:
     eta: float = 0.0
     spacing: Spacing = "trailing"
     deadline: float | None = None
+    edit: Edit | None = None
 
     @property
     def rows(self) -> int:
@@ -57,9 +74,19 @@ class DiffusionJob:
         return network_rows(self.label, self.guidance)
 
     @property
+    def start(self) -> int:
+        """The plan step the lanes start at: 0, or later for image-to-image below strength 1."""
+        return 0 if self.edit is None else start_step(self.steps, self.edit.strength)
+
+    @property
     def cost(self) -> int:
-        """Network rows over the whole request: n x steps x rows."""
-        return self.n * self.steps * self.rows
+        """Network rows over the whole request: n x steps run x rows."""
+        return self.n * (self.steps - self.start) * self.rows
+
+
+def start_step(steps: int, strength: float) -> int:
+    """Image-to-image runs the last round(strength x steps) of `steps` (at least one)."""
+    return steps - max(1, min(steps, round(strength * steps)))
 
 
 Job = LatentJob | DiffusionJob

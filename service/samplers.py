@@ -110,9 +110,14 @@ def make_plan(
     alphas_cumprod: np.ndarray,
     eta: float = 0.0,
     spacing: Spacing = "trailing",
+    start: int = 0,
 ) -> SamplerPlan:
-    """The plan for `num_steps` steps of `sampler` on the model's noise schedule."""
-    timesteps = spaced_timesteps(num_steps, len(alphas_cumprod), spacing)
+    """The plan for `num_steps` steps of `sampler` on the model's noise schedule; with `start`,
+    only its last `num_steps - start` steps (image-to-image starts mid-trajectory, from a noised
+    image): a sampler with history begins that shorter plan at first order, as at any start."""
+    if not 0 <= start < num_steps:
+        raise ValueError(f"start {start} outside a {num_steps}-step plan")
+    timesteps = spaced_timesteps(num_steps, len(alphas_cumprod), spacing)[start:]
     if sampler == "ddpm":
         return ddpm_plan(alphas_cumprod, timesteps)
     if sampler == "ddim":

@@ -29,7 +29,7 @@ import numpy as np
 
 from service.errors import DeadlineExceeded, GenserveError, Overloaded, TooCostly
 from service.generators import resolve_label
-from service.jobs import DiffusionJob
+from service.jobs import DiffusionJob, Edit
 from service.noise import image_rng
 from service.registry import LoadedModel
 from service.samplers import SamplerPlan, make_plan, x0_from_output
@@ -78,6 +78,7 @@ class _Lane:
     seq: int
     step: int = 0
     skipped: int = 0
+    edit: Edit | None = None
 
     @property
     def rows(self) -> int:
@@ -96,6 +97,10 @@ class _Batch:
     x0_prev: np.ndarray
     coeffs: np.ndarray = field(repr=False)  # (lanes, 6): alpha, sigma, a, b, c, d
     z: np.ndarray = field(repr=False)
+    # Inpainting: after the step, pixels where `keep` is set become `known` (the input image
+    # noised to the next step's level); None when no lane in the batch inpaints.
+    keep: np.ndarray | None = field(default=None, repr=False)
+    known: np.ndarray | None = field(default=None, repr=False)
 
 
 class StepScheduler:
@@ -202,7 +207,7 @@ class StepScheduler:
     def _add_lanes(self, req: _Request) -> None:
         job = req.job
         assert self.model.alphas_cumprod is not None
-        plan = make_plan(job.sampler, job.steps, self.model.alphas_cumprod, job.eta, job.spacing)
+        plan = make_plan(job.sampler, job.steps, self.model.alphas_cumprod, job.eta, job.spacing, job.start)
         label = resolve_label(self.model, job.label)
         guided = job.rows == 2
         shape = self.model.card.image_shape
@@ -210,7 +215,10 @@ class StepScheduler:
         for i in range(job.n):
             rng = image_rng(job.seed, i)
             x = rng.standard_normal(shape).astype(np.float32)
-            self._lanes.append(_Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq))
+            if job.edit is not None and job.start > 0:  # SDEdit: the input noised to the first step's level
+                x = (plan.alpha[0] * job.edit.image + plan.sigma[0] * x).astype(np.float32)
+            lane = _Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq, edit=job.edit)
+            self._lanes.append(lane)
         self._wake.set()
 
     def _ensure_loop(self) -> None:
@@ -245,14 +253,33 @@ class StepScheduler:
         return chosen
 
     def _stack(self, lanes: list[_Lane]) -> _Batch:
+        shape = self.model.card.image_shape
         coeffs = np.empty((len(lanes), 6), np.float64)
-        z = np.zeros((len(lanes), *self.model.card.image_shape), np.float32)
+        z = np.zeros((len(lanes), *shape), np.float32)
+        inpainting = any(ln.edit is not None and ln.edit.mask is not None for ln in lanes)
+        keep = np.zeros((len(lanes), *shape), np.float32) if inpainting else None
+        known = np.zeros((len(lanes), *shape), np.float32) if inpainting else None
         for k, lane in enumerate(lanes):
             p, s = lane.plan, lane.step
             coeffs[k] = (p.alpha[s], p.sigma[s], p.a[s], p.b[s], p.c[s], p.d[s])
             if p.d[s] != 0.0:
                 z[k] = lane.rng.standard_normal(lane.x.shape)
-        return _Batch(lanes, np.stack([ln.x for ln in lanes]), np.stack([ln.x0_prev for ln in lanes]), coeffs, z)
+            if keep is not None and known is not None and lane.edit is not None and lane.edit.mask is not None:
+                keep[k] = 1.0 - lane.edit.mask
+                known[k] = self._known_at_next(lane)
+        x, x0_prev = np.stack([ln.x for ln in lanes]), np.stack([ln.x0_prev for ln in lanes])
+        return _Batch(lanes, x, x0_prev, coeffs, z, keep, known)
+
+    def _known_at_next(self, lane: _Lane) -> np.ndarray:
+        """An inpainting lane's input image at the noise level its current step goes to: fresh
+        noise from the lane's own generator (q(x_t | x_0), as RePaint), the image itself at the end."""
+        assert lane.edit is not None and self.model.alphas_cumprod is not None
+        if lane.step + 1 == lane.plan.num_steps:
+            return lane.edit.image
+        abar = float(self.model.alphas_cumprod[lane.plan.timesteps[lane.step + 1]])
+        noise = lane.rng.standard_normal(lane.x.shape)
+        noised: np.ndarray = (np.sqrt(abar) * lane.edit.image + np.sqrt(1.0 - abar) * noise).astype(np.float32)
+        return noised
 
     def _compute(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray, float]:
         """Network call and coefficient update for one iteration (runs in the executor thread)."""
@@ -282,6 +309,8 @@ class StepScheduler:
         assert card.schedule is not None
         x0 = x0_from_output(pred, batch.x, c[:, 0], c[:, 1], card.schedule.prediction_type)
         x_next = c[:, 2] * batch.x + c[:, 3] * x0 + c[:, 4] * batch.x0_prev + c[:, 5] * batch.z
+        if batch.keep is not None and batch.known is not None:
+            x_next = np.where(batch.keep > 0, batch.known, x_next)
         return x_next, x0, time.perf_counter() - t0
 
     def _advance(self, batch: _Batch, x_next: np.ndarray, x0: np.ndarray) -> None:

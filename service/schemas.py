@@ -455,3 +455,36 @@ class ImagesResponse(BaseModel):
     images: list[str]
     grid_png_base64: str | None = None
     timings: Timings
+
+
+class Img2ImgRequest(DiffusionGenerateRequest):
+    """Image-to-image (SDEdit): the input noised to the level `strength` picks, then sampled back
+    with any sampler, label and guidance; its lanes share the step-level batch with others."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "examples": [{"image": _DIGIT, "strength": 0.6, "label": 8, "steps": 20, "seed": 1, "n": 4, "grid": True}]
+        },
+    )
+
+    image: ImageBase64
+    strength: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="Share of the steps that run, from the input noised to the first of them: near 0 keeps the "
+        "input, 1 ignores it (exactly the plain sample for the same seed).",
+    )
+
+
+class InpaintRequest(Img2ImgRequest):
+    """Inpainting: pixels where the mask is white are regenerated; the rest come back as the input's."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={"examples": [{"image": _DIGIT, "mask": _DIGIT, "label": 3, "steps": 50, "seed": 1}]},
+    )
+
+    mask: ImageBase64 = Field(description="PNG or JPEG of the image's size: white (>= 128) = regenerate, black = keep.")
+    strength: float = Field(1.0, gt=0, le=1, description="As for image-to-image; inpainting usually runs all steps.")

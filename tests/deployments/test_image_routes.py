@@ -175,3 +175,43 @@ def test_the_catalog_documents_every_route_and_answers_for_models_without_one() 
     assert c.get("/v1/models/vae").json()["routes"] == [
         "/generate", "/interpolate", "/encode", "/reconstruct", "/score", "/classify",
     ]  # fmt: skip
+
+
+class DiffusionBackend(Backend):
+    """Records the jobs that image-to-image and inpainting hand to the scheduler."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.jobs: list[Job] = []
+
+    async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
+        self.jobs.append(job)
+        return Images([png_bytes(np.zeros((28, 28, 1), np.uint8))] * job.n, None, 0.0, 0.01)
+
+
+def test_img2img_and_inpaint_hand_the_decoded_image_and_mask_to_the_scheduler() -> None:
+    backend = DiffusionBackend("diffusion")
+    c = TestClient(model_app(backend, 120.0, lambda _: None), root_path="/v1/models/diffusion")
+    r = c.post("/v1/models/diffusion/img2img", json={"image": digit_png(), "strength": 0.5, "steps": 20, "n": 2})
+    assert r.status_code == 200, r.text
+    job = backend.jobs[-1]
+    assert job.edit is not None and job.edit.strength == 0.5 and job.edit.mask is None and job.cost == 2 * 10
+    assert job.edit.image.shape == (1, 28, 28) and job.edit.image.max() == 1.0  # the white stroke of the "1"
+    mask = np.zeros((28, 28, 1), np.uint8)
+    mask[:14] = 255
+    mask_png = base64.b64encode(png_bytes(mask)).decode()
+    r = c.post("/v1/models/diffusion/inpaint", json={"image": digit_png(), "mask": mask_png, "label": 1})
+    assert r.status_code == 200, r.text
+    job = backend.jobs[-1]
+    assert job.edit is not None and job.edit.strength == 1.0 and job.edit.mask is not None
+    assert job.edit.mask[0, :14].min() == 1.0 and job.edit.mask[0, 14:].max() == 0.0
+    bad = {"image": digit_png(), "mask": base64.b64encode(png_bytes(np.zeros((8, 8, 1), np.uint8))).decode()}
+    error(c.post("/v1/models/diffusion/inpaint", json=bad), 422, "mask")
+    error(c.post("/v1/models/diffusion/img2img", json={"image": digit_png(), "strength": 0}), 422, "strength")
+    error(c.post("/v1/models/diffusion/img2img", json={"strength": 0.5}), 422, "image")
+    assert c.get("/v1/models/diffusion").json()["routes"] == ["/generate", "/img2img", "/inpaint"]
+
+
+def test_a_step_conditioned_model_has_no_edit_routes() -> None:
+    c = TestClient(model_app(DiffusionBackend("distilled"), 120.0, lambda _: None), root_path="/v1/models/distilled")
+    assert c.post("/v1/models/distilled/img2img", json={"image": digit_png()}).status_code == 404

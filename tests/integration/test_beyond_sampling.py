@@ -102,3 +102,31 @@ def test_an_image_body_over_its_routes_limit_is_a_413(server: Server) -> None:
         timeout=60,
     )
     assert r.status_code == 413, r.text
+
+
+def test_img2img_at_strength_one_is_the_plain_sample_and_inpainting_keeps_the_unmasked_pixels(
+    server: Server, digits: tuple[list[str], np.ndarray]
+) -> None:
+    images, _ = digits
+    plain = generate(server, "diffusion", {"n": 2, "seed": 21, "steps": 10, "label": 6})
+    full = post(
+        server,
+        "diffusion",
+        "img2img",
+        {"image": images[3], "strength": 1.0, "n": 2, "seed": 21, "steps": 10, "label": 6},
+    )
+    assert np.array_equal(images_of(full), images_of(plain))
+    mask = np.zeros((28, 28, 1), np.uint8)
+    mask[:14] = 255  # regenerate the top half
+    body = {"image": images[3], "mask": pngs(mask[None])[0], "n": 4, "seed": 8, "steps": 20, "label": 3}
+    with ThreadPoolExecutor(6) as pool:  # amid other diffusion traffic, which shares the steps
+        noise = [pool.submit(generate, server, "diffusion", {"n": 4, "seed": i, "steps": 30}) for i in range(6)]
+        busy = pool.submit(post, server, "diffusion", "inpaint", body)
+        assert all(f.result().status_code == 200 for f in noise)
+        busy_images = images_of(busy.result())
+    alone = images_of(post(server, "diffusion", "inpaint", body))
+    assert np.array_equal(busy_images, alone)
+    source = decode_png(base64.b64decode(images[3]))
+    assert (alone[:, 14:] == source[None, 14:]).all()  # the kept half, pixel for pixel
+    edited = images_of(post(server, "diffusion", "img2img", {"image": images[3], "strength": 0.3, "seed": 2}))
+    assert np.abs(edited[0].astype(int) - source.astype(int)).mean() < 30
