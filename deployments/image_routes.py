@@ -53,7 +53,7 @@ class ComputeBackend(Protocol):
     @property
     def model(self) -> LoadedModel: ...
 
-    async def compute(self, fn: Callable[[Check], T], deadline: float) -> T: ...
+    async def compute(self, fn: Callable[[Check], T], deadline: float, route: str) -> T: ...
 
 
 def routes_for(card: ModelCard) -> list[str]:
@@ -119,7 +119,7 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
                     for i in range(len(x))
                 ]
 
-            scores = await backend.compute(work, deadline)
+            scores = await backend.compute(work, deadline, "score")
             return ScoreResponse(
                 model=card.name, label=req.label, k=req.k, seed=req.seed, dims=dims, scores=scores,
                 timings=_timings(started),
@@ -137,7 +137,7 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
                 )
                 return density.classify(b.iwae, card.label_prior()), b.iwae
 
-            probs, iwae = await backend.compute(work, deadline)
+            probs, iwae = await backend.compute(work, deadline, "classify")
             return ClassifyResponse(
                 model=card.name, labels=card.labels, k=req.k, seed=req.seed,
                 probabilities=probs.tolist(), predicted=probs.argmax(axis=1).tolist(), iwae=iwae.tolist(),
@@ -153,7 +153,7 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
             def work(check: Check) -> tuple[np.ndarray, np.ndarray | None]:
                 return latents.encode(model, images_of(req.images), req.label)
 
-            mean, std = await backend.compute(work, deadline)
+            mean, std = await backend.compute(work, deadline, "encode")
             return EncodeResponse(
                 model=card.name, label=req.label, mean=mean.tolist(), std=None if std is None else std.tolist(),
                 timings=_timings(started),
@@ -168,7 +168,7 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
                 check()
                 return _pngs(model, latents.decode(model, mean, req.label), req.grid)
 
-            pngs, grid = await backend.compute(work, deadline)
+            pngs, grid = await backend.compute(work, deadline, "reconstruct")
             return ImagesResponse(model=card.name, images=pngs, grid_png_base64=grid, timings=_timings(started))
 
     if "/interpolate" in routes:
@@ -188,5 +188,5 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
                 frames = latents.decode(model, latents.slerp(a, b, req.frames), req.label)
                 return _pngs(model, frames, req.grid)
 
-            pngs, grid = await backend.compute(work, deadline)
+            pngs, grid = await backend.compute(work, deadline, "interpolate")
             return ImagesResponse(model=card.name, images=pngs, grid_png_base64=grid, timings=_timings(started))

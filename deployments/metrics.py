@@ -52,6 +52,13 @@ class ModelMetrics:
         """An error response (any 4xx or 5xx) this replica's HTTP edge sent."""
         self.m[names.ERRORS.name].inc(1, tags={"model": self.tags["model"], "reason": reason})
 
+    def route_done(self, route: str, outcome: str, seconds: float | None) -> None:
+        """A request to a route beyond generate: its outcome, and its latency when answered."""
+        tags = {**self.tags, "route": route}
+        self.m[names.ROUTE_REQUESTS.name].inc(1, tags={**tags, "outcome": outcome})
+        if seconds is not None:
+            self.m[names.ROUTE_LATENCY.name].observe(seconds, tags=tags)
+
     def queue_depth(self, images: int) -> None:
         self.m[names.QUEUE_DEPTH.name].set(images, tags=self.tags)
 

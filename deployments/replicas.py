@@ -81,10 +81,11 @@ class _Replica:
         """Images for `job` by `deadline` (Unix time), recorded in the request metrics."""
         return await self._generate(job, deadline, grid, self.metrics)
 
-    async def compute(self, fn: Callable[[Callable[[], None]], T], deadline: float) -> T:
+    async def compute(self, fn: Callable[[Callable[[], None]], T], deadline: float, route: str) -> T:
         """`fn(check)` in a worker thread (scoring, encoding, interpolation); `check` raises at
         the deadline (a 504) or once the client has left, so the work stops at its next chunk."""
         gone = threading.Event()
+        started = time.monotonic()
 
         def check() -> None:
             if gone.is_set():
@@ -93,11 +94,20 @@ class _Replica:
                 raise DeadlineExceeded("request passed its deadline")
 
         try:
-            return await asyncio.to_thread(fn, check)
+            out = await asyncio.to_thread(fn, check)
         except asyncio.CancelledError:
             gone.set()
-            self.metrics.cancelled()
+            self.metrics.error("cancelled")
+            self.metrics.route_done(route, "cancelled", None)
             raise
+        except GenserveError as e:
+            self.metrics.route_done(route, e.reason, None)
+            raise
+        except Exception:
+            self.metrics.route_done(route, "internal", None)
+            raise
+        self.metrics.route_done(route, "ok", time.monotonic() - started)
+        return out
 
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
         raise NotImplementedError

@@ -79,7 +79,7 @@ class ModelBackend(Protocol):
         """Images for `job` by `deadline` (Unix time), or a GenserveError."""
         ...
 
-    async def compute(self, fn: Callable[[Check], T], deadline: float) -> T:
+    async def compute(self, fn: Callable[[Check], T], deadline: float, route: str) -> T:
         """`fn(check)` in a worker thread; `check` raises once the deadline passes or the client
         has left, so the work stops at its next chunk."""
         ...

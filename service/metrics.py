@@ -103,6 +103,20 @@ ERRORS = MetricSpec(
     ("model", "reason"),
 )
 
+ROUTE_REQUESTS = MetricSpec(
+    "genserve_route_requests_total",
+    "counter",
+    "Requests to the routes beyond generate (score, classify, encode, reconstruct, interpolate) by outcome.",
+    ("model", "family", "route", "outcome"),
+)
+ROUTE_LATENCY = MetricSpec(
+    "genserve_route_latency_seconds",
+    "histogram",
+    "Time to answer a request to a route beyond generate, from validation to the result.",
+    ("model", "family", "route"),
+    LATENCY_BUCKETS,
+)
+
 ALL = (
     REQUEST_LATENCY,
     STEP_LATENCY,
@@ -114,4 +128,6 @@ ALL = (
     IMAGES,
     REQUESTS,
     ERRORS,
+    ROUTE_REQUESTS,
+    ROUTE_LATENCY,
 )

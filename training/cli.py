@@ -94,6 +94,25 @@ def _eval(args: argparse.Namespace) -> None:
     print(table)
 
 
+def _eval_density(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from training.density_eval import run
+
+    measured = run(Path(args.model_dir), args.model, args.k, args.k_ood, Path(args.report), Path(args.figures))
+    for key, value in measured.items():
+        print(f"{key}: {value:.4f}")
+
+
+def _eval_edits(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from training.edit_eval import run
+
+    for key, row in run(Path(args.model_dir), args.model, Path(args.report), Path(args.figures)).items():
+        print(key, row)
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="total optimiser steps (default: the shipped model's)")
     p.add_argument("--batch-size", type=int)
@@ -137,6 +156,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads")
     p.add_argument("--report", default="docs/quality.md")
     p.set_defaults(func=_eval)
+    p = sub.add_parser(
+        "eval-density",
+        help="the VAE as density, classifier and anomaly detector on the held-out digits; pictures (training.density_eval)",
+    )
+    p.add_argument("--model", default="vae", help="a model folder whose card has a `density` block")
+    p.add_argument("--model-dir", default="exported")
+    p.add_argument("--k", type=int, default=1024, help="importance samples for the test NLL and the classifier")
+    p.add_argument("--k-ood", type=int, default=128, help="importance samples for the anomaly scores")
+    p.add_argument("--report", default="docs/density.md")
+    p.add_argument("--figures", default="docs/figures")
+    p.set_defaults(func=_eval_density)
+    p = sub.add_parser(
+        "eval-edits",
+        help="diffusion image-to-image and inpainting on the held-out digits; pictures (training.edit_eval)",
+    )
+    p.add_argument("--model", default="diffusion", help="a diffusion model folder")
+    p.add_argument("--model-dir", default="exported")
+    p.add_argument("--report", default="docs/editing.md")
+    p.add_argument("--figures", default="docs/figures")
+    p.set_defaults(func=_eval_edits)
     return parser
 
 

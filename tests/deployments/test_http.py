@@ -45,7 +45,7 @@ class FakeModel:
         self.jobs.append(job)
         return Images([b"png"] * job.n, None, 0.0, 0.01)
 
-    async def compute(self, fn: Any, deadline: float) -> Any:
+    async def compute(self, fn: Any, deadline: float, route: str) -> Any:
         if self.fail is not None:
             raise self.fail
         check: Check = lambda: None  # noqa: E731

@@ -42,7 +42,7 @@ class Backend:
     async def generate(self, job: Job, deadline: float, grid: bool) -> Images:
         raise AssertionError("not used here")
 
-    async def compute(self, fn: Callable[[Callable[[], None]], T], deadline: float) -> T:
+    async def compute(self, fn: Callable[[Callable[[], None]], T], deadline: float, route: str) -> T:
         def check() -> None:
             if time.time() > deadline:
                 raise DeadlineExceeded("request passed its deadline")

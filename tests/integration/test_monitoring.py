@@ -3,6 +3,7 @@ panel's query returns data after real traffic and every alert expression evaluat
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import threading
@@ -11,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import requests
 import yaml
 
 from loadtests.harness import free_port
+from service.images import png_bytes
 from tests.integration.conftest import Server
 from tests.monitoring.test_rules import MONITORING
 
@@ -74,23 +77,28 @@ def query(prom: str, expr: str) -> list[dict[str, Any]]:
 def traffic(server: Server, stop: threading.Event) -> None:
     """Mixed requests, with a bad one in each round so error panels have data."""
     bodies = [
-        ("gan", {"n": 4}),
-        ("vae", {"n": 2, "label": 1}),
-        ("diffusion", {"n": 2, "steps": 10}),
-        ("diffusion", {"n": 1, "steps": 20, "label": 3, "guidance": 2.0}),
-        ("gan", {"n": 0}),
+        ("gan/generate", {"n": 4}),
+        ("vae/generate", {"n": 2, "label": 1}),
+        ("diffusion/generate", {"n": 2, "steps": 10}),
+        ("diffusion/generate", {"n": 1, "steps": 20, "label": 3, "guidance": 2.0}),
+        ("gan/generate", {"n": 0}),
+        ("vae/score", {"images": [DIGIT], "k": 8}),
+        ("gan/interpolate", {"from_seed": 1, "to_seed": 2, "frames": 4}),
     ]
     while not stop.is_set():
         threads = [
             threading.Thread(
-                target=requests.post, args=(f"{server.url}/v1/models/{m}/generate",), kwargs={"json": b, "timeout": 60}
+                target=requests.post, args=(f"{server.url}/v1/models/{route}",), kwargs={"json": b, "timeout": 60}
             )
-            for m, b in bodies
+            for route, b in bodies
         ]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+
+
+DIGIT = base64.b64encode(png_bytes(np.full((28, 28, 1), 255, np.uint8))).decode("ascii")
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
