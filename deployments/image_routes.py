@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from fastapi import FastAPI, Request
 
-from deployments.http import parse_request
+from deployments.http import MAX_BODY_BYTES, parse_request
 from service import density, latents
 from service.cards import ModelCard
 from service.images import encode_pngs
@@ -67,6 +67,8 @@ def body_limits(card: ModelCard, limits: Limits) -> dict[str, int]:
     pair = 2 * (MAX_IMAGE_BASE64_CHARS + 16) + JSON_OVERHEAD_BYTES
     sizes = {"/score": images, "/classify": images, "/encode": images, "/reconstruct": images, "/interpolate": pair}
     sizes |= {"/img2img": pair, "/inpaint": pair}
+    if card.family == "diffusion":
+        sizes["/interpolate"] = MAX_BODY_BYTES
     return {route: sizes[route] for route in routes_for(card)}
 
 
@@ -171,7 +173,7 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
             pngs, grid = await backend.compute(work, deadline, "reconstruct")
             return ImagesResponse(model=card.name, images=pngs, grid_png_base64=grid, timings=_timings(started))
 
-    if "/interpolate" in routes:
+    if "/interpolate" in routes and card.family != "diffusion":  # diffusion's is in deployments.routes
 
         @app.post("/interpolate", response_model=ImagesResponse, responses=ERRORS)
         async def interpolate(request: Request) -> ImagesResponse:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
+from service import latents
 from service.cards import ModelCard
 from service.errors import ModelNotFound, Overloaded
 from service.inputs import decode_image, to_network
@@ -31,6 +32,7 @@ from service.schemas import (
     REQUEST_SCHEMAS,
     ClassifyRequest,
     ClassifyResponse,
+    DiffusionInterpolateRequest,
     EncodeRequest,
     EncodeResponse,
     ErrorResponse,
@@ -150,6 +152,24 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
         async def inpaint(request: Request) -> GenerateResponse:
             return await edited(request, InpaintRequest)
 
+    if card.family == "diffusion":
+
+        @app.post("/interpolate", response_model=ImagesResponse)
+        async def interpolate(request: Request) -> ImagesResponse:
+            deadline = time.time() + timeout_s
+            req = parse_request(await request.body(), DiffusionInterpolateRequest, card, limits)
+            shape = card.image_shape
+            a, b = latents.seed_noise(shape, req.from_seed), latents.seed_noise(shape, req.to_seed)
+            initial = latents.slerp(a, b, req.frames).reshape(req.frames, *shape).astype(np.float32)
+            out = await backend.generate(req.to_job(initial), deadline, req.grid)
+            frames = generate_response(card.name, req.from_seed, out)
+            return ImagesResponse(
+                model=card.name,
+                images=[im.png_base64 for im in frames.images],
+                grid_png_base64=frames.grid_png_base64,
+                timings=frames.timings,
+            )
+
     add_image_routes(app, backend, timeout_s, limits)
     return app
 
@@ -225,31 +245,37 @@ def catalog_app(
 
 
 # The routes beyond sampling, for the catalog's OpenAPI: request, response, which models have it.
-IMAGE_ROUTE_DOCS: dict[str, tuple[type[BaseModel], type[BaseModel], str]] = {
-    "/score": (ScoreRequest, ScoreResponse, "VAE models with a `density` card block"),
-    "/classify": (ClassifyRequest, ClassifyResponse, "VAE models with a `density` card block"),
-    "/encode": (EncodeRequest, EncodeResponse, "VAE models"),
-    "/reconstruct": (ReconstructRequest, ImagesResponse, "VAE models"),
-    "/interpolate": (InterpolateRequest, ImagesResponse, "GAN and VAE models"),
-    "/img2img": (Img2ImgRequest, GenerateResponse, "Diffusion models (not step-conditioned distilled ones)"),
-    "/inpaint": (InpaintRequest, GenerateResponse, "Diffusion models (not step-conditioned distilled ones)"),
+IMAGE_ROUTE_DOCS: dict[str, tuple[tuple[type[BaseModel], ...], type[BaseModel], str]] = {
+    "/score": ((ScoreRequest,), ScoreResponse, "VAE models with a `density` card block"),
+    "/classify": ((ClassifyRequest,), ClassifyResponse, "VAE models with a `density` card block"),
+    "/encode": ((EncodeRequest,), EncodeResponse, "VAE models"),
+    "/reconstruct": ((ReconstructRequest,), ImagesResponse, "VAE models"),
+    "/interpolate": (
+        (InterpolateRequest, DiffusionInterpolateRequest),
+        ImagesResponse,
+        "Every model: GAN and VAE take the first body, diffusion models the second",
+    ),
+    "/img2img": ((Img2ImgRequest,), GenerateResponse, "Diffusion models (not step-conditioned distilled ones)"),
+    "/inpaint": ((InpaintRequest,), GenerateResponse, "Diffusion models (not step-conditioned distilled ones)"),
 }
 
 
 def _document_image_route(
     app: FastAPI,
     route: str,
-    request_schema: type[BaseModel],
+    request_schemas: tuple[type[BaseModel], ...],
     response_schema: type[BaseModel],
     families: str,
     card_of: Callable[[str], ModelCard],
 ) -> None:
-    schema = request_schema.model_json_schema()
+    schemas = {cls.__name__: cls.model_json_schema() for cls in request_schemas}
+    examples = {name: {"summary": name, "value": sch["examples"][0]} for name, sch in schemas.items()}
+    one = list(schemas.values())
     body = {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": schema, "examples": {"example": {"value": schema["examples"][0]}}}
+                "application/json": {"schema": one[0] if len(one) == 1 else {"oneOf": one}, "examples": examples}
             },
         }
     }
@@ -265,7 +291,7 @@ def _document_image_route(
         response_model=response_schema,
         responses=GENERATE_ERRORS,
         openapi_extra=body,
-        summary=(request_schema.__doc__ or route).strip().splitlines()[0],
+        summary=(request_schemas[0].__doc__ or route).strip().splitlines()[0],
         description=f"{families}. Served by the model's own replicas.",
         name=route.strip("/"),
     )(handler)

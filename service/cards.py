@@ -167,9 +167,7 @@ class ModelCard(_Strict):
 
     def routes(self) -> list[str]:
         """The model's routes under `/v1/models/{name}`: what its family and card support."""
-        out = ["/generate"]
-        if self.family in ("gan", "vae"):
-            out.append("/interpolate")
+        out = ["/generate", "/interpolate"]
         if self.encoder is not None:
             out += ["/encode", "/reconstruct"]
         if self.density is not None:

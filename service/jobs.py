@@ -67,6 +67,9 @@ class DiffusionJob:
     spacing: Spacing = "trailing"
     deadline: float | None = None
     edit: Edit | None = None
+    # (n, C, H, W): each image's starting noise instead of its first draw (interpolation between
+    # seeds); the rest of its noise still comes from (seed, index).
+    initial: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def rows(self) -> int:

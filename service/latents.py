@@ -1,4 +1,5 @@
-"""Moving in a GAN's or VAE's latent space: encode, reconstruct, interpolate.
+"""Moving in a latent space: a GAN's or VAE's latents, a diffusion model's starting noise;
+encode, reconstruct, interpolate.
 
 Interpolation is spherical (slerp), as for Gaussian latents a straight line passes through
 latents of atypically small norm (White, 2016). A seed's endpoint is the latent `generate` draws
@@ -11,6 +12,7 @@ import numpy as np
 
 from service.generators import job_latents, resolve_label
 from service.jobs import LatentJob
+from service.noise import image_rng
 from service.registry import LoadedModel
 
 PARALLEL_COS = 0.9995  # nearly parallel endpoints: slerp's sin(omega) vanishes, so lerp instead
@@ -39,6 +41,11 @@ def seed_latent(model: LoadedModel, seed: int, truncation: float | None = None) 
     assert model.card.latent_dim is not None
     z: np.ndarray = job_latents(LatentJob(seed, 1, None, truncation=truncation), model.card.latent_dim)[0]
     return z
+
+
+def seed_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """The starting noise a diffusion sample draws for image 0 of a request with `seed`, flat."""
+    return image_rng(seed, 0).standard_normal(shape).reshape(-1)
 
 
 def decode(model: LoadedModel, z: np.ndarray, label: int | None) -> np.ndarray:

@@ -215,6 +215,8 @@ class StepScheduler:
         for i in range(job.n):
             rng = image_rng(job.seed, i)
             x = rng.standard_normal(shape).astype(np.float32)
+            if job.initial is not None:
+                x = job.initial[i].astype(np.float32)
             if job.edit is not None and job.start > 0:  # SDEdit: the input noised to the first step's level
                 x = (plan.alpha[0] * job.edit.image + plan.sigma[0] * x).astype(np.float32)
             lane = _Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq, edit=job.edit)

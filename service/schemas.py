@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.cards import ModelCard
@@ -101,15 +102,10 @@ class VaeGenerateRequest(_GenerateBase):
         return LatentJob(self.resolved_seed(), self.n, self.label, temperature=self.temperature)
 
 
-class DiffusionGenerateRequest(_GenerateBase):
-    """Images from a diffusion model."""
+class _DiffusionSampling(BaseModel):
+    """How a diffusion request samples: steps, sampler, guidance, eta (checked against the card)."""
 
-    model_config = ConfigDict(
-        **STRICT,
-        json_schema_extra={
-            "examples": [{"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0, "seed": 42}]
-        },
-    )
+    model_config = STRICT
 
     steps: int = Field(
         20,
@@ -162,6 +158,17 @@ class DiffusionGenerateRequest(_GenerateBase):
         if v > cap:
             raise ValueError(f"guidance scale at most {cap}")
         return v
+
+
+class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
+    """Images from a diffusion model."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "examples": [{"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0, "seed": 42}]
+        },
+    )
 
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionGenerateRequest:
@@ -488,3 +495,60 @@ class InpaintRequest(Img2ImgRequest):
 
     mask: ImageBase64 = Field(description="PNG or JPEG of the image's size: white (>= 128) = regenerate, black = keep.")
     strength: float = Field(1.0, gt=0, le=1, description="As for image-to-image; inpainting usually runs all steps.")
+
+
+class DiffusionInterpolateRequest(_DiffusionSampling):
+    """Frames between the starting noise of two seeds (spherical interpolation), each sampled with
+    the same label, sampler and steps. Frame 0 is the plain sample of `from_seed`; with a
+    deterministic sampler (ddim at eta 0, dpmpp_2m) the last frame is the plain sample of `to_seed`."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={"examples": [{"from_seed": 1, "to_seed": 2, "frames": 8, "label": 5, "steps": 20}]},
+    )
+
+    from_seed: Seed = Field(description="Seed of the first frame.")
+    to_seed: Seed = Field(description="Seed of the last frame.")
+    frames: int = Field(8, ge=2, description="Frames, both endpoints included.")
+    label: int | None = Field(
+        None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
+    )
+    grid: bool = Field(False, description="Also return the frames tiled into one PNG.")
+
+    @field_validator("label")
+    @classmethod
+    def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
+        return _check_label(v, info)
+
+    @field_validator("frames")
+    @classmethod
+    def _frames_within_limit(cls, v: int, info: ValidationInfo) -> int:
+        limit = _ctx(info)[1].max_frames
+        if v > limit:
+            raise ValueError(f"at most {limit} frames")
+        return v
+
+    @model_validator(mode="after")
+    def _cost_within(self, info: ValidationInfo) -> DiffusionInterpolateRequest:
+        limits = _ctx(info)[1]
+        rows = network_rows(self.label, self.guidance)
+        cost = self.frames * self.steps * rows
+        if cost > limits.max_cost:
+            raise ValueError(
+                f"request cost frames x steps x rows = {self.frames} x {self.steps} x {rows} = {cost} exceeds the "
+                f"limit {limits.max_cost}; ask for fewer frames or steps"
+            )
+        return self
+
+    def to_job(self, initial: np.ndarray) -> DiffusionJob:
+        """The frames as one job of the scheduler: image i of `from_seed`, starting from `initial[i]`."""
+        return DiffusionJob(
+            seed=self.from_seed,
+            n=self.frames,
+            steps=self.steps,
+            sampler=self.sampler,
+            label=self.label,
+            guidance=self.guidance,
+            eta=self.eta,
+            initial=initial,
+        )

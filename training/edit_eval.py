@@ -8,7 +8,7 @@ digits (never seen in training), through the step scheduler the server runs.
   label accuracy of the result, and the largest change outside the mask after PNG rounding.
 - FID of every output set against 1,000 training digits (the inputs are held-out digits, so a
   perfect copy scores the floor: held-out against the same training digits), precision, recall.
-- Pictures: docs/figures/img2img-strengths.png and docs/figures/inpainting.png.
+- Pictures: docs/figures/img2img-strengths.png, inpainting.png and interpolation-diffusion.png.
 
 Writes the card's `quality.edits` and docs/editing.md.
 """
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from service import latents
 from service.evaluation import Quality, quality
 from service.images import grid, to_uint8
 from service.jobs import DiffusionJob, Edit
@@ -149,12 +150,31 @@ def run(model_dir: Path, name: str, report: Path, figures: Path) -> dict[str, di
     masked[:, :, :14] = -1.0
     _picture(figures / "inpainting.png", [x[picks], masked, outputs["inpaint-top"][picks]])
 
+    shape = model.card.image_shape
+    rows = []
+    for a, b, label in ((1, 2, 3), (3, 4, 7)):
+        initial = latents.slerp(latents.seed_noise(shape, a), latents.seed_noise(shape, b), 10)
+        job = DiffusionJob(a, 10, STEPS, SAMPLER, label, initial=initial.reshape(10, *shape).astype(np.float32))
+        rows.append(_sample(model, job))
+    _picture(figures / "interpolation-diffusion.png", rows)
+
     path = model_dir / name / "model.json"
     card = json.loads(path.read_text())
     card.setdefault("quality", {})["edits"] = {k: v for k, v in results.items()}
     path.write_text(json.dumps(card, indent=2) + "\n")
     report.write_text(markdown(name, results, floor_q, switched[picks], figures, report.parent))
     return results
+
+
+def _sample(model: LoadedModel, job: DiffusionJob) -> np.ndarray:
+    async def go() -> np.ndarray:
+        scheduler = StepScheduler(model)
+        try:
+            return (await scheduler.submit(job)).images
+        finally:
+            await scheduler.close()
+
+    return asyncio.run(go())
 
 
 def _picture(path: Path, rows: list[np.ndarray], scale: int = 3) -> None:
@@ -209,6 +229,12 @@ def markdown(
             "Inpainting: the digit, its top half removed (what the model is not shown), and the result:",
             "",
             f"![inpainting]({rel}/inpainting.png)",
+            "",
+            "Interpolation (`POST /v1/models/diffusion/interpolate`): frames start from the spherical interpolation",
+            f"between the starting noise of seeds 1 -> 2 (label 3) and 3 -> 4 (label 7), DPM-Solver++ {STEPS} steps;",
+            "the first and last frames are those seeds' plain samples:",
+            "",
+            f"![interpolation between seeds]({rel}/interpolation-diffusion.png)",
             "",
         ]
     )

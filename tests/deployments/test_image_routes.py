@@ -23,6 +23,7 @@ from service.errors import DeadlineExceeded
 from service.images import decode_png, png_bytes
 from service.inputs import MAX_IMAGE_BASE64_CHARS
 from service.jobs import Job
+from service.noise import image_rng
 from service.registry import LoadedModel, load_model
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
@@ -209,9 +210,29 @@ def test_img2img_and_inpaint_hand_the_decoded_image_and_mask_to_the_scheduler() 
     error(c.post("/v1/models/diffusion/inpaint", json=bad), 422, "mask")
     error(c.post("/v1/models/diffusion/img2img", json={"image": digit_png(), "strength": 0}), 422, "strength")
     error(c.post("/v1/models/diffusion/img2img", json={"strength": 0.5}), 422, "image")
-    assert c.get("/v1/models/diffusion").json()["routes"] == ["/generate", "/img2img", "/inpaint"]
+    assert c.get("/v1/models/diffusion").json()["routes"] == ["/generate", "/interpolate", "/img2img", "/inpaint"]
+
+
+def test_diffusion_interpolation_starts_each_frame_from_noise_between_the_two_seeds() -> None:
+    backend = DiffusionBackend("diffusion")
+    c = TestClient(model_app(backend, 120.0, lambda _: None), root_path="/v1/models/diffusion")
+    body = {"from_seed": 3, "to_seed": 4, "frames": 5, "steps": 10, "label": 2}
+    r = c.post("/v1/models/diffusion/interpolate", json=body)
+    assert r.status_code == 200 and len(r.json()["images"]) == 5, r.text
+    job = backend.jobs[-1]
+    assert job.n == 5 and job.seed == 3 and job.initial is not None and job.initial.shape == (5, 1, 28, 28)
+    first = image_rng(3, 0).standard_normal((1, 28, 28)).astype(np.float32)
+    last = image_rng(4, 0).standard_normal((1, 28, 28)).astype(np.float32)
+    assert np.array_equal(job.initial[0], first) and np.array_equal(job.initial[-1], last)
+    error(
+        c.post("/v1/models/diffusion/interpolate", json={**body, "frames": 64, "steps": 1000, "guidance": 2.0}),
+        422,
+        "body",
+    )
+    error(c.post("/v1/models/diffusion/interpolate", json={"to_seed": 4}), 422, "from_seed")
 
 
 def test_a_step_conditioned_model_has_no_edit_routes() -> None:
     c = TestClient(model_app(DiffusionBackend("distilled"), 120.0, lambda _: None), root_path="/v1/models/distilled")
     assert c.post("/v1/models/distilled/img2img", json={"image": digit_png()}).status_code == 404
+    assert c.post("/v1/models/distilled/interpolate", json={"from_seed": 1, "to_seed": 2}).status_code == 200

@@ -65,12 +65,13 @@ def test_reconstruct_keeps_the_digit_and_interpolation_starts_at_the_seeds_image
     assert rec.status_code == 200, rec.text
     out = np.stack([decode_png(base64.b64decode(s)) for s in rec.json()["images"]])
     assert (classify(server, out) == labels[:10]).mean() >= 0.8
-    for model in ("gan", "vae"):
+    for model in ("gan", "vae", "diffusion"):
         frames = post(server, model, "interpolate", {"from_seed": 5, "to_seed": 6, "frames": 5, "label": 2})
         assert frames.status_code == 200, frames.text
-        first = decode_png(base64.b64decode(frames.json()["images"][0]))
-        want = images_of(generate(server, model, {"n": 1, "seed": 5, "label": 2}))[0]
-        assert np.array_equal(first, want), model
+        got = [decode_png(base64.b64decode(f)) for f in frames.json()["images"]]
+        for seed, frame in ((5, got[0]), (6, got[-1])):
+            want = images_of(generate(server, model, {"n": 1, "seed": seed, "label": 2}))[0]
+            assert np.array_equal(frame, want), (model, seed)
     enc = post(server, "vae", "encode", {"images": images[:2]})
     assert enc.status_code == 200 and len(enc.json()["mean"][0]) == 16
 

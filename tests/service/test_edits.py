@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from service import latents
 from service.images import to_uint8
 from service.jobs import DiffusionJob, Edit, start_step
 from service.registry import LoadedModel, load_model
@@ -93,3 +94,14 @@ def test_edit_lanes_share_batches_with_plain_ones_and_match_their_solo_runs(
     together = run(model, jobs, max_batch=64)
     for job, images in zip(jobs, together, strict=True):
         np.testing.assert_allclose(images, run(model, [job], max_batch=3)[0], atol=1e-5)
+
+
+def test_interpolation_frames_start_from_slerped_noise_and_end_at_the_seeds_samples(model: LoadedModel) -> None:
+    shape = model.card.image_shape
+    initial = latents.slerp(latents.seed_noise(shape, 11), latents.seed_noise(shape, 12), 4)
+    job = DiffusionJob(seed=11, n=4, steps=10, label=5, initial=initial.reshape(4, *shape).astype(np.float32))
+    frames, a, b = run(
+        model, [job, DiffusionJob(seed=11, n=1, steps=10, label=5), DiffusionJob(seed=12, n=1, steps=10, label=5)]
+    )
+    assert np.array_equal(frames[0], a[0]) and np.array_equal(frames[-1], b[0])  # dpmpp_2m is deterministic
+    assert not np.array_equal(frames[1], frames[2])
