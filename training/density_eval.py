@@ -32,6 +32,7 @@ from service.images import grid, to_uint8
 from service.registry import LoadedModel, load_model
 from service.runtime import OnnxModel
 from training.data import load_split
+from training.evaluate import write_reports
 
 SEED = 2024
 ECE_BINS = 15
@@ -141,6 +142,29 @@ def strip(path: Path, rows: list[np.ndarray], scale: int = 3) -> None:
     ).save(path)
 
 
+def latent_pictures(model_dir: Path, model: LoadedModel, x: np.ndarray, y: np.ndarray, figures: Path) -> None:
+    """Interpolation strips (GAN and VAE between seeds, VAE between held-out digits of two
+    labels) and VAE reconstructions of one held-out digit per label."""
+    rows = []
+    for family in ("gan", "vae"):
+        m = load_model(model_dir / family, device="cpu")
+        for a, b, label in ((1, 2, 3), (3, 4, 7)):
+            rows.append(
+                latents.decode(m, latents.slerp(latents.seed_latent(m, a), latents.seed_latent(m, b), 10), label)
+            )
+    strip(figures / "interpolation-seeds.png", rows)
+    first = {d: int(np.flatnonzero(y == d)[0]) for d in range(10)}
+    img_rows = []
+    for i, j in ((first[1], first[7]), (first[3], first[8]), (first[4], first[9])):
+        mean, _ = latents.encode(model, x[[i, j]], None)
+        frames = latents.decode(model, latents.slerp(mean[0], mean[1], 8), None)
+        img_rows.append(np.concatenate([x[i : i + 1], frames, x[j : j + 1]]))
+    strip(figures / "interpolation-vae-images.png", img_rows)
+    picks = list(first.values())
+    mean, _ = latents.encode(model, x[picks], None)
+    strip(figures / "reconstruction-vae.png", [x[picks], latents.decode(model, mean, None)])
+
+
 def run(model_dir: Path, name: str, k: int, k_ood: int, report: Path, figures: Path) -> dict[str, float]:
     model = load_model(model_dir / name, device="cpu", intra_op_threads=2)
     card = model.card
@@ -169,26 +193,7 @@ def run(model_dir: Path, name: str, k: int, k_ood: int, report: Path, figures: P
 
     figures.mkdir(parents=True, exist_ok=True)
     histogram(figures / "density-bits-per-dim.png", bpd, k_ood)
-    rows = []
-    for family in ("gan", "vae"):
-        m = load_model(model_dir / family, device="cpu")
-        for a, b, label in ((1, 2, 3), (3, 4, 7)):
-            rows.append(
-                latents.decode(m, latents.slerp(latents.seed_latent(m, a), latents.seed_latent(m, b), 10), label)
-            )
-    strip(figures / "interpolation-seeds.png", rows)
-    pairs = [(0, 1), (2, 3), (4, 5)]
-    img_rows = []
-    for i, j in pairs:
-        mean, _ = latents.encode(model, x[[i, j]], None)
-        img_rows.append(
-            np.concatenate(
-                [x[i : i + 1], latents.decode(model, latents.slerp(mean[0], mean[1], 8), None), x[j : j + 1]]
-            )
-        )
-    strip(figures / "interpolation-vae-images.png", img_rows)
-    mean, _ = latents.encode(model, x[:12], None)
-    strip(figures / "reconstruction-vae.png", [x[:12], latents.decode(model, mean, None)])
+    latent_pictures(model_dir, model, x, y, figures)
 
     measured = {
         "test_nll_nats": float(nll.mean()),
@@ -204,14 +209,19 @@ def run(model_dir: Path, name: str, k: int, k_ood: int, report: Path, figures: P
     }
     path = model_dir / name / "model.json"
     stored = json.loads(path.read_text())
-    stored.setdefault("quality", {})["density"] = measured
+    stored.setdefault("quality", {})["density"] = {k: round(v, 5) for k, v in measured.items()}
     path.write_text(json.dumps(stored, indent=2) + "\n")
     report.write_text(markdown(name, measured, aurocs, bpd, k, k_ood, figures, report.parent))
+    write_reports(model_dir / name)
     return measured
 
 
+def _num(v: float) -> str:
+    return f"{v:.3f}" if abs(v) < 1e6 else f"{v:.2e}"
+
+
 def _slug(what: str) -> str:
-    return what.split(",")[0].replace(" ", "_").replace("8x8", "8x8").lower()
+    return what.split(",")[0].replace(" ", "_").lower()
 
 
 def markdown(
@@ -257,8 +267,8 @@ def markdown(
         "",
         "| outliers | AUROC | median bits/dim |",
         "|---|---:|---:|",
-        f"| (held-out digits themselves) | - | {np.median(bpd['held-out digits']):.3f} |",
-        *(f"| {w} | {a:.4f} | {np.median(bpd[w]):.3f} |" for w, a in aurocs.items()),
+        f"| (held-out digits themselves) | - | {_num(np.median(bpd['held-out digits']))} |",
+        *(f"| {w} | {a:.4f} | {_num(np.median(bpd[w]))} |" for w, a in aurocs.items()),
         "",
         "The bounds are upper bounds on bits/dim. Far from the data the encoder's proposal q(z|x,y) is poor",
         "(inverted digits get posteriors that the prior finds absurd), so the bound there is very loose:",
@@ -275,11 +285,12 @@ def markdown(
         "",
         f"![interpolation between seeds]({rel}/interpolation-seeds.png)",
         "",
-        "VAE between two held-out digits (posterior means; first and last columns are the inputs):",
+        "VAE between held-out digits of two labels, 1 -> 7, 3 -> 8, 4 -> 9 (posterior means under the null",
+        "label; the first and last columns are the inputs):",
         "",
         f"![interpolation between images]({rel}/interpolation-vae-images.png)",
         "",
-        "Held-out digits (top) and their VAE reconstructions (bottom, `POST /v1/models/vae/reconstruct`):",
+        "One held-out digit per label (top) and its VAE reconstruction (bottom, `POST /v1/models/vae/reconstruct`):",
         "",
         f"![reconstructions]({rel}/reconstruction-vae.png)",
         "",

@@ -10,7 +10,7 @@ digits (never seen in training), through the step scheduler the server runs.
   perfect copy scores the floor: held-out against the same training digits), precision, recall.
 - Pictures: docs/figures/img2img-strengths.png, inpainting.png and interpolation-diffusion.png.
 
-Writes the card's `quality.edits` and docs/editing.md.
+Writes the card's `quality` entries `edit-<setting>` and docs/editing.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from service.registry import LoadedModel, load_model
 from service.samplers import SamplerName
 from service.scheduler import StepScheduler
 from training.data import load_split
-from training.evaluate import CLASSIFIER, EVAL_SEED, N_EVAL, FeatureNet
+from training.evaluate import CLASSIFIER, EVAL_SEED, N_EVAL, FeatureNet, write_reports
 
 STEPS = 20
 SAMPLER: SamplerName = "dpmpp_2m"
@@ -160,9 +160,10 @@ def run(model_dir: Path, name: str, report: Path, figures: Path) -> dict[str, di
 
     path = model_dir / name / "model.json"
     card = json.loads(path.read_text())
-    card.setdefault("quality", {})["edits"] = {k: v for k, v in results.items()}
+    card.setdefault("quality", {}).update({f"edit-{k}": v for k, v in results.items()})
     path.write_text(json.dumps(card, indent=2) + "\n")
     report.write_text(markdown(name, results, floor_q, switched[picks], figures, report.parent))
+    write_reports(model_dir / name)
     return results
 
 

@@ -194,6 +194,12 @@ def floor(features: FeatureNet) -> tuple[Quality, np.ndarray]:
     return quality(real, train_feats, held_predicted, split.heldout_y), real
 
 
+def is_sample_quality(d: dict[str, float]) -> bool:
+    """A card `quality` entry measured by `genserve eval` (not `density` or `edits`, which the
+    beyond-sampling evaluations write)."""
+    return "fid" in d and "n" in d and "strength" not in d
+
+
 def quality_from_dict(d: dict[str, float]) -> Quality:
     acc = d.get("label_accuracy")
     return Quality(
@@ -210,7 +216,7 @@ def table_from_cards(model_dir: Path) -> str:
         measured = dict(json.loads(card_path.read_text()).get("quality", {}))
         if "floor" in measured:
             floor_q = quality_from_dict(measured.pop("floor"))
-        rows[card_path.parent.name] = {k: quality_from_dict(v) for k, v in measured.items()}
+        rows[card_path.parent.name] = {k: quality_from_dict(v) for k, v in measured.items() if is_sample_quality(v)}
     if floor_q is None:
         raise ValueError(f"no evaluated model in {model_dir}: run `genserve eval` first")
     return markdown_table(rows, floor_q)
@@ -252,7 +258,8 @@ def write_reports(folder: Path) -> None:
     measured = dict(json.loads((folder / "model.json").read_text())["quality"])
     (folder / "report.json").write_text(json.dumps(measured, indent=2) + "\n")
     floor_q = quality_from_dict(measured.pop("floor"))
-    table = markdown_table({folder.name: {k: quality_from_dict(v) for k, v in measured.items()}}, floor_q)
+    rows = {k: quality_from_dict(v) for k, v in measured.items() if is_sample_quality(v)}
+    table = markdown_table({folder.name: rows}, floor_q)
     (folder / "report.md").write_text(f"# {folder.name}: sample quality\n\n{REPORT_HEAD.split(chr(10), 2)[2]}{table}\n")
 
 
