@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import time
@@ -53,6 +54,8 @@ COST_SETTINGS: tuple[tuple[str, str | None, int], ...] = (
     ("vae", None, 1),
     ("diffusion", "dpmpp_2m", 10),
     ("diffusion", "dpmpp_2m", 20),
+    ("diffusion", "ddim", 20),
+    ("diffusion", "ddim", 50),
     ("distilled", "ddim", 4),
     ("distilled", "ddim", 2),
     ("distilled", "ddim", 1),
@@ -259,6 +262,14 @@ def main() -> None:
         lines.append(f"| {name} | {key} | {calls} | {r:.1f} | {1000 / r:.2f} | {ratio} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
+    # The cost table for machines (`genserve trilemma` reads the ms per image).
+    table = [
+        {"model": n, "setting": k, "calls": c, "images_per_s": round(r, 2), "ms_per_image": round(1000 / r, 4)}
+        for n, k, c, r in costs
+    ]
+    Path(args.out).with_suffix(".json").write_text(
+        json.dumps({"threads": args.threads, "costs": table}, indent=2) + "\n"
+    )
     print("\n".join(lines))
 
 

@@ -113,6 +113,16 @@ def _eval_edits(args: argparse.Namespace) -> None:
         print(key, row)
 
 
+def _trilemma(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from training.trilemma import write_trilemma
+
+    for p in write_trilemma(Path(args.model_dir), Path(args.bench_core), Path(args.out)):
+        ms = f"{p.ms_per_image:.2f} ms" if p.ms_per_image is not None else "ms not measured"
+        print(f"{p.model} {p.setting}: {p.calls} calls, {ms}, FID {p.fid_ratio:.2f}x floor, recall {p.recall:.3f}")
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="total optimiser steps (default: the shipped model's)")
     p.add_argument("--batch-size", type=int)
@@ -176,6 +186,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default="docs/editing.md")
     p.add_argument("--figures", default="docs/figures")
     p.set_defaults(func=_eval_edits)
+    p = sub.add_parser(
+        "trilemma", help="redraw the quality/cost/diversity picture from the cards and docs/bench-core.json"
+    )
+    p.add_argument("--model-dir", default="exported")
+    p.add_argument("--bench-core", default="docs/bench-core.json", help="`make bench-core` writes it")
+    p.add_argument("--out", default="docs/figures/trilemma.png")
+    p.set_defaults(func=_trilemma)
     return parser
 
 

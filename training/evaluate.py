@@ -276,4 +276,7 @@ def run_eval(model_dir: Path, names: list[str], threads: int, settings: list[str
     table = table_from_cards(model_dir)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(REPORT_HEAD + table + "\n")
+    from training.trilemma import write_trilemma  # matplotlib, only here
+
+    write_trilemma(model_dir, report.parent / "bench-core.json", report.parent / "figures" / "trilemma.png")
     return table
