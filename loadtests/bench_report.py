@@ -182,7 +182,7 @@ def findings(report: dict[str, Any]) -> list[str]:
         "per row from batching (bench-core: a row costs about the same at batch 32 as at batch 1 on two threads), "
         "so the peers that run batch-1 calls in parallel threads keep up; genserve runs each batch as one slice "
         "per ONNX Runtime thread, in parallel (bench-core measures both ways). What a step costs beyond the "
-        "network call is under a millisecond (bench-core). At equal offered load below saturation genserve's p99 "
+        "network call is a few percent of the step (bench-core). At equal offered load below saturation genserve's p99 "
         "is higher: a request's steps share each call with every other lane, so a lone request finishes no sooner "
         "than the batch it rides in. A GPU, where a batch of 64 rows costs about what one does, is where "
         "step-level batching pays.",
