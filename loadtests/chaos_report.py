@@ -95,9 +95,9 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|",
         _ledger(rk),
         "",
-        "## Ingress replica killed (SIGKILL) under load",
+        "## HTTP-edge replica killed (SIGKILL) under load",
         "",
-        f"The same load; the ingress replica process was killed and the controller started a new one; "
+        f"The same load; the GAN replica process, which is the HTTP edge of GAN requests (HAProxy sends them straight to it), was killed and the controller started a new one; "
         f"{_held(ik)} Served again {_s(ik['recovery_s'])} after the kill.",
         "",
         "| | |",
