@@ -5,7 +5,8 @@ HAProxy routes by path prefix straight to the replicas of the application that o
 - `/v1/models/{name}...` -> application `model-{name}`: its one deployment `model-{name}` is
   both the HTTP edge and the model (a generate request crosses one Python process);
 - everything else -> application `genserve` (deployment `catalog`): the model list, health,
-  readiness, OpenAPI, and 404s for names no model serves.
+  readiness, OpenAPI, 404s for names no model serves, and OpenAI's `/v1/images/generations`
+  (the model is in the body, so the catalog hands it on through a deployment handle).
 
 `build_apps` makes all of them for a model directory (`make serve`, tests, bench); a cluster's
 `serve_config.yaml` names `build_model` once per model and `build_catalog` once.
@@ -18,13 +19,16 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import RayTaskError
 from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import CatalogMetrics
 from deployments.replicas import REPLICA_CLASSES, ReplicaClass
-from deployments.routes import catalog_app
+from deployments.routes import Images, catalog_app
 from service.cards import ModelCard
+from service.errors import GenserveError
+from service.jobs import Job
 from service.registry import check_models
 from service.settings import Settings
 
@@ -65,14 +69,31 @@ class Catalog:
         self.handles: dict[str, DeploymentHandle[Any]] = {}
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return catalog_app(self.cards, self.broken, self.probe, self.metrics.error)
+        timeout_s = Settings().request_timeout_s
+        return catalog_app(self.cards, self.broken, self.probe, self.metrics.error, self.forward, timeout_s)
+
+    def _handle(self, name: str) -> DeploymentHandle[Any]:
+        if name not in self.handles:
+            self.handles[name] = serve.get_deployment_handle(model_deployment_name(name), app_name=model_app_name(name))
+        return self.handles[name]
 
     async def probe(self, name: str) -> dict[str, str]:
         """The model's `ready()`: a 1-image request on one of its replicas."""
-        if name not in self.handles:
-            self.handles[name] = serve.get_deployment_handle(model_deployment_name(name), app_name=model_app_name(name))
-        info: dict[str, str] = await self.handles[name].ready.remote()
+        info: dict[str, str] = await self._handle(name).ready.remote()
         return info
+
+    async def forward(self, name: str, job: Job, deadline: float) -> tuple[list[bytes], float]:
+        """A job the catalog validated (OpenAI's Images API), run by one of the model's replicas:
+        its PNGs and seconds. The replica's own errors (overload, deadline) come back as they are."""
+        try:
+            out: Images = await self._handle(name).generate.remote(job, deadline, False)
+        except GenserveError:
+            raise
+        except RayTaskError as e:
+            if isinstance(e.cause, GenserveError):
+                raise e.cause from None
+            raise
+        return out.pngs, out.total_seconds
 
 
 def _settings(args: dict[str, Any] | None) -> tuple[Settings, dict[str, dict[str, Any]]]:

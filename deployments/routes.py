@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
+from deployments.openai_routes import Forward, add_openai_routes, refuse_without_forward
 from service import latents
 from service.cards import ModelCard
 from service.errors import ModelNotFound, Overloaded
@@ -43,6 +44,7 @@ from service.schemas import (
     InpaintRequest,
     InterpolateRequest,
     ModelInfo,
+    ModelList,
     ReconstructRequest,
     ScoreRequest,
     ScoreResponse,
@@ -179,9 +181,15 @@ PROBE_TIMEOUT_S = 5.0
 
 
 def catalog_app(
-    cards: dict[str, ModelCard], broken: dict[str, str], probe: ReadyProbe, record: ErrorRecorder
+    cards: dict[str, ModelCard],
+    broken: dict[str, str],
+    probe: ReadyProbe,
+    record: ErrorRecorder,
+    forward: Forward = refuse_without_forward,
+    timeout_s: float = 120.0,
 ) -> FastAPI:
-    """The catalog: model list, health, readiness, and OpenAPI for every route."""
+    """The catalog: model list, health, readiness, OpenAI's image generation (handed to the
+    model's replicas by `forward`), and OpenAPI for every route."""
     limits = Limits()
     app = make_app(
         "genserve",
@@ -219,8 +227,8 @@ def catalog_app(
         return JSONResponse({"ready": ok, "models": status}, status_code=200 if ok else 503, headers=headers)
 
     @app.get("/v1/models")
-    async def list_models() -> list[ModelInfo]:
-        return [ModelInfo.from_card(c, limits) for c in cards.values()]
+    async def list_models() -> ModelList:
+        return ModelList(data=[ModelInfo.from_card(c, limits) for c in cards.values()])
 
     @app.get("/v1/models/{name}", responses={404: {"model": ErrorResponse}})
     async def get_model(name: str) -> ModelInfo:
@@ -240,6 +248,7 @@ def catalog_app(
 
     for route, (request_schema, response_schema, families) in IMAGE_ROUTE_DOCS.items():
         _document_image_route(app, route, request_schema, response_schema, families, card_of)
+    add_openai_routes(app, cards, forward, timeout_s)
 
     return app
 

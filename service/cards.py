@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from service.errors import ModelLoadError
 from service.samplers import SamplerName
@@ -138,6 +138,8 @@ class ModelCard(_Strict):
         default_factory=dict,
         description="Measured quality by setting (e.g. `dpmpp_2m-20`): fid, precision, recall, ...",
     )
+    # When the card file was last written (Unix seconds), set by `load_card`: OpenAI's `created`.
+    _created: int = PrivateAttr(0)
 
     @model_validator(mode="after")
     def _family_fields(self) -> ModelCard:
@@ -164,6 +166,11 @@ class ModelCard(_Strict):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.image.channels, self.image.height, self.image.width)
+
+    @property
+    def created(self) -> int:
+        """When the card was written (Unix seconds; 0 for a card not read from a file)."""
+        return self._created
 
     def routes(self) -> list[str]:
         """The model's routes under `/v1/models/{name}`: what its family and card support."""
@@ -199,6 +206,7 @@ def load_card(folder: Path) -> ModelCard:
         raise ModelLoadError(f"{path}: invalid model card: {errors}") from None
     if card.name != folder.name:
         raise ModelLoadError(f"{path}: card name {card.name!r} differs from its folder name {folder.name!r}")
+    card._created = int(path.stat().st_mtime)
     return card
 
 

@@ -236,8 +236,13 @@ class ErrorResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """What a client needs to call a model."""
+    """What a client needs to call a model; `id`, `object`, `created` and `owned_by` are OpenAI's
+    model object, so OpenAI clients read it too."""
 
+    id: str = Field(description="The model's name (OpenAI's model id).")
+    object: Literal["model"] = "model"
+    created: int = Field(description="When the model's card was written, Unix seconds.")
+    owned_by: str = "genserve"
     name: str
     family: Literal["gan", "vae", "diffusion"]
     description: str
@@ -257,6 +262,8 @@ class ModelInfo(BaseModel):
     def from_card(cls, card: ModelCard, limits: Limits) -> ModelInfo:
         diffusion = card.schedule is not None
         return cls(
+            id=card.name,
+            created=card.created,
             name=card.name,
             family=card.family,
             description=card.description,
@@ -552,3 +559,10 @@ class DiffusionInterpolateRequest(_DiffusionSampling):
             eta=self.eta,
             initial=initial,
         )
+
+
+class ModelList(BaseModel):
+    """OpenAI's list shape: `GET /v1/models`."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelInfo]

@@ -177,7 +177,7 @@ def test_catalog_health_stays_open_with_auth_and_unknown_models_are_404(monkeypa
     }
     assert c.get("/v1/models").status_code == 401
     auth = {"Authorization": "Bearer k1"}
-    assert [m["name"] for m in c.get("/v1/models", headers=auth).json()] == ["gan"]
+    assert [m["name"] for m in c.get("/v1/models", headers=auth).json()["data"]] == ["gan"]
     missing = c.post("/v1/models/nope/generate", content=b"{}", headers=auth)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert c.get("/v1/models/", headers=auth, follow_redirects=False).status_code == 404

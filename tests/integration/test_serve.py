@@ -43,7 +43,10 @@ def test_health_readiness_and_model_listing(server: Server) -> None:
     assert requests.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{server.url}/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    models = {m["name"]: m for m in requests.get(f"{server.url}/v1/models", timeout=10).json()}
+    listing = requests.get(f"{server.url}/v1/models", timeout=10).json()
+    assert listing["object"] == "list"  # OpenAI's list shape, genserve's fields in each entry
+    models = {m["name"]: m for m in listing["data"]}
+    assert all(m["id"] == m["name"] and m["object"] == "model" and m["created"] > 0 for m in models.values())
     assert {"gan", "vae", "diffusion"} <= set(models)
     assert models["diffusion"]["samplers"] == ["ddpm", "ddim", "dpmpp_2m"] and models["diffusion"]["max_steps"] == 1000
     one = requests.get(f"{server.url}/v1/models/gan", timeout=10).json()
