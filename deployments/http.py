@@ -30,7 +30,7 @@ MAX_BODY_BYTES = 64 * 1024
 # Request line and headers together; HAProxy in front refuses (400) beyond its 16 KiB buffer.
 MAX_HEADER_BYTES = 8 * 1024
 MAX_ERRORS_SHOWN = 5
-OPEN_PATHS = ("/healthz", "/readyz")
+OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 ERROR_CODE_HEADER = "x-error-code"
 
 ErrorRecorder = Callable[[str], None]

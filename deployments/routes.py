@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
+from deployments.oip_routes import add_oip_routes
 from deployments.openai_routes import Forward, add_openai_routes, refuse_without_forward
 from service import latents
 from service.cards import ModelCard
@@ -249,6 +250,7 @@ def catalog_app(
     for route, (request_schema, response_schema, families) in IMAGE_ROUTE_DOCS.items():
         _document_image_route(app, route, request_schema, response_schema, families, card_of)
     add_openai_routes(app, cards, forward, timeout_s)
+    add_oip_routes(app, cards, forward, probe, timeout_s)
 
     return app
 
