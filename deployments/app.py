@@ -14,6 +14,7 @@ HAProxy routes by path prefix straight to the replicas of the application that o
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve import Application
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from deployments.metrics import CatalogMetrics
 from deployments.replicas import REPLICA_CLASSES, ReplicaClass
@@ -70,7 +71,9 @@ class Catalog:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         timeout_s = Settings().request_timeout_s
-        return catalog_app(self.cards, self.broken, self.probe, self.metrics.error, self.forward, timeout_s)
+        return catalog_app(
+            self.cards, self.broken, self.probe, self.metrics.error, self.forward, timeout_s, self.stream
+        )
 
     def _handle(self, name: str) -> DeploymentHandle[Any]:
         if name not in self.handles:
@@ -94,6 +97,18 @@ class Catalog:
                 raise e.cause from None
             raise
         return out.pngs, out.total_seconds
+
+    async def stream(self, name: str, job: Job, deadline: float, previews: int) -> AsyncIterator[dict[str, Any]]:
+        """The replica's `generate_stream` events, through a streaming deployment handle."""
+        events = self._handle(name).options(stream=True).generate_stream.remote(job, deadline, previews)
+        assert isinstance(events, DeploymentResponseGenerator)
+        try:
+            async for event in events:
+                yield event
+        except RayTaskError as e:
+            if isinstance(e.cause, GenserveError):
+                raise e.cause from None
+            raise
 
 
 def _settings(args: dict[str, Any] | None) -> tuple[Settings, dict[str, dict[str, Any]]]:

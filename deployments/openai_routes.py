@@ -10,26 +10,31 @@ for JPEG or WebP. Errors here use OpenAI's error shape, which OpenAI's clients p
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
+from starlette.datastructures import UploadFile
 
 from deployments.http import ERROR_CODE_HEADER, parse_request
 from service import openai_images
 from service.cards import ModelCard
-from service.errors import GenserveError, ModelNotFound, Overloaded
-from service.jobs import Job
+from service.errors import GenserveError, InvalidRequest, ModelNotFound, Overloaded
+from service.inputs import decode_file, open_checked, to_network
+from service.jobs import Edit, Job
 from service.schemas import REQUEST_SCHEMAS
 from service.settings import Limits
 
 # (model name, job, deadline as Unix time) -> (PNG bytes per image, seconds taken)
 Forward = Callable[[str, Job, float], Awaitable[tuple[list[bytes], float]]]
+# (model name, job, deadline, previews per image) -> the replica's events (`generate_stream`)
+StreamForward = Callable[[str, Job, float, int], AsyncIterator[dict[str, Any]]]
 OPENAI_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 503: "server_error", 504: "server_error"}
 
 
@@ -56,7 +61,36 @@ def transcode(png: bytes, fmt: str, quality: int | None) -> bytes:
     return out.getvalue()
 
 
-def add_openai_routes(app: FastAPI, cards: dict[str, ModelCard], forward: Forward, timeout_s: float) -> None:
+def sse(event: dict[str, Any]) -> bytes:
+    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+
+
+async def openai_events(
+    first: dict[str, Any], events: AsyncIterator[dict[str, Any]], card: ModelCard, fmt: str, quality: int | None
+) -> AsyncIterator[bytes]:
+    """The replica's events as OpenAI's image generation stream: partial images, then one
+    completed event per image; an error mid-stream becomes an `error` event."""
+    common = {"size": f"{card.image.width}x{card.image.height}", "quality": "auto", "background": "opaque",
+              "output_format": fmt}  # fmt: skip
+    usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+             "total_tokens": 0}  # fmt: skip
+    try:
+        async for event in events:
+            b64 = base64.b64encode(transcode(event["png"], fmt, quality)).decode("ascii") if "png" in event else None
+            if event["type"] == "partial":
+                yield sse({"type": "image_generation.partial_image", "b64_json": b64, "created_at": int(time.time()),
+                           "partial_image_index": event["partial_image_index"], "image_index": event["index"],
+                           **common})  # fmt: skip
+            elif event["type"] == "image":
+                yield sse({"type": "image_generation.completed", "b64_json": b64, "created_at": int(time.time()),
+                           "usage": usage, "image_index": event["index"], "seed": first.get("seed"), **common})  # fmt: skip
+    except GenserveError as e:
+        yield sse({"type": "error", "error": {"message": e.message, "type": "server_error", "code": e.reason}})
+
+
+def add_openai_routes(
+    app: FastAPI, cards: dict[str, ModelCard], forward: Forward, stream: StreamForward, timeout_s: float
+) -> None:
     limits = Limits()
 
     @app.post(
@@ -80,6 +114,11 @@ def add_openai_routes(app: FastAPI, cards: dict[str, ModelCard], forward: Forwar
             body = openai_images.generate_body(req, card, limits)
             validated = parse_request(json.dumps(body).encode(), REQUEST_SCHEMAS[card.family], card, limits)
             job = validated.to_job()
+            if req.stream:
+                events = stream(card.name, job, deadline, req.partial_images or 0)
+                first = await anext(events)  # admission: a refusal is still an HTTP error
+                body_iter = openai_events(first, events, card, req.output_format, req.output_compression)
+                return StreamingResponse(body_iter, media_type="text/event-stream")  # type: ignore[return-value]
             pngs, seconds = await forward(card.name, job, deadline)
         except GenserveError as e:
             return from_genserve(e)
@@ -101,6 +140,66 @@ def add_openai_routes(app: FastAPI, cards: dict[str, ModelCard], forward: Forwar
         )
 
 
+def add_openai_edit_route(app: FastAPI, cards: dict[str, ModelCard], forward: Forward, timeout_s: float) -> None:
+    """`POST /v1/images/edits` (multipart): without a mask, image-to-image at `strength`; with
+    one, inpainting where the mask is fully transparent (OpenAI's rule)."""
+    limits = Limits()
+
+    @app.post(
+        "/v1/images/edits",
+        description="OpenAI's image edits (multipart): `image`, optional `mask` (transparent = edit), `prompt` "
+        "(a label), `model` (a diffusion model); genserve's `strength`, `seed`, `steps`, `sampler`, `guidance`.",
+    )
+    async def edits(request: Request) -> JSONResponse:
+        deadline = time.time() + timeout_s
+        try:
+            try:
+                form = await request.form(max_files=4, max_fields=40)
+            except Exception as e:  # a body that is not a multipart form, or over the form limits
+                raise InvalidRequest(f"the body must be multipart/form-data with the image as a file ({e})") from None
+            fields: dict[str, str] = {}
+            files: dict[str, list[UploadFile]] = {}
+            for key, value in form.multi_items():
+                if isinstance(value, str):
+                    fields[key] = value
+                else:
+                    files.setdefault(key.removesuffix("[]"), []).append(value)
+            req = openai_images.parse_edit(fields)
+            card = cards.get(req.model)
+            if card is None:
+                raise ModelNotFound(f"no model named {req.model!r}; GET /v1/models lists them", field="model")
+            body = openai_images.edit_body(req, card, limits)
+            images, masks = files.get("image", []), files.get("mask", [])
+            if len(images) != 1 or len(masks) > 1:
+                raise InvalidRequest("send one `image` file (and at most one `mask`)", field="image")
+            image = to_network(decode_file(await images[0].read(), card, "image")[None], card)[0]
+            mask = None
+            if masks:
+                opened = open_checked(await masks[0].read(), card, "mask")
+                mask = openai_images.mask_from_alpha(opened, card)
+            strength = req.strength if req.strength is not None else (1.0 if mask is not None else 0.6)
+            validated = parse_request(json.dumps(body).encode(), REQUEST_SCHEMAS[card.family], card, limits)
+            job = dataclasses.replace(validated.to_job(), edit=Edit(image, strength, mask))
+            pngs, seconds = await forward(card.name, job, deadline)
+        except GenserveError as e:
+            return from_genserve(e)
+        data = [
+            {"b64_json": base64.b64encode(transcode(p, req.output_format, req.output_compression)).decode("ascii"),
+             "seed": job.seed, "index": i}
+            for i, p in enumerate(pngs)
+        ]  # fmt: skip
+        return JSONResponse(
+            {"created": int(time.time()), "data": data, "output_format": req.output_format,
+             "size": f"{card.image.width}x{card.image.height}", "model": card.name, "seconds": round(seconds, 4)}
+        )  # fmt: skip
+
+
 async def refuse_without_forward(name: str, job: Job, deadline: float) -> tuple[list[bytes], float]:
     """A catalog built without replicas (unit tests of its other routes): every model is down."""
     raise Overloaded(f"model {name!r} has no running replica; retry", retry_after=2.0)
+
+
+async def refuse_without_stream(name: str, job: Job, deadline: float, previews: int) -> AsyncIterator[dict[str, Any]]:
+    """As `refuse_without_forward`, for streaming requests."""
+    raise Overloaded(f"model {name!r} has no running replica; retry", retry_after=2.0)
+    yield {}  # an async generator, as the real one

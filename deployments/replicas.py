@@ -16,10 +16,11 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import ray
 from fastapi import FastAPI
 from ray import serve
@@ -29,11 +30,11 @@ from deployments.routes import Images, model_app
 from service.cards import ModelCard
 from service.errors import DeadlineExceeded, GenserveError, Overloaded
 from service.generators import generate_latent
-from service.images import encode_pngs
+from service.images import encode_pngs, png_bytes, to_uint8
 from service.jobs import DiffusionJob, Job, LatentJob
 from service.registry import LoadedModel, load_model
 from service.runtime import Device
-from service.scheduler import StepScheduler
+from service.scheduler import Preview, StepScheduler
 from service.settings import Settings
 from service.stats import RequestStats, StepStats
 
@@ -111,6 +112,52 @@ class _Replica:
 
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
         raise NotImplementedError
+
+    async def _generate_watched(self, job: Job, deadline: float, watch: Preview, previews: int) -> Images:
+        """As `generate`, showing `watch` each image's progress `previews` times where the model
+        has steps to show (diffusion); a one-call model shows none."""
+        return await self._generate(job, deadline, False, self.metrics)
+
+    async def generate_stream(self, job: Job, deadline: float, previews: int) -> AsyncIterator[dict[str, Any]]:
+        """`job` as events, for streaming clients (through a deployment handle with stream=True):
+        `accepted` once admitted (a refusal raises before it), `partial` previews (diffusion: each
+        image's clean-image estimate, `previews` times on its way), an `image` per image, `done`."""
+        queue: asyncio.Queue[tuple[int, int, np.ndarray]] = asyncio.Queue()
+
+        def watch(index: int, step: int, x0: np.ndarray) -> None:
+            queue.put_nowait((index, step, x0))
+
+        task = asyncio.create_task(self._generate_watched(job, deadline, watch, previews))
+        await asyncio.sleep(0)  # admission runs before the task's first wait
+        refused = task.exception() if task.done() else None
+        if refused is not None:
+            raise refused
+        yield {"type": "accepted", "seed": job.seed, "label": job.label}
+        shown: dict[int, int] = {}
+        vr = self.card.image.value_range
+
+        def partial(index: int, step: int, x0: np.ndarray) -> dict[str, Any]:
+            nth = shown[index] = shown.get(index, -1) + 1
+            png = png_bytes(to_uint8(x0[None], vr)[0])
+            return {"type": "partial", "index": index, "step": step, "partial_image_index": nth, "png": png}
+
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                yield partial(*getter.result())
+            while not queue.empty():  # previews that came with the last step
+                yield partial(*queue.get_nowait())
+            out = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+        for index, png in enumerate(out.pngs):
+            yield {"type": "image", "index": index, "png": png}
+        yield {"type": "done", "seconds": out.total_seconds}
 
     def probe_job(self) -> Job:
         raise NotImplementedError
@@ -250,10 +297,18 @@ class DiffusionReplica(_Replica):
         return DiffusionJob(seed=0, n=1, steps=1, label=None if self.card.null_label is not None else 0)
 
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
+        return await self._submit(job, deadline, grid, metrics, None, 0)
+
+    async def _generate_watched(self, job: Job, deadline: float, watch: Preview, previews: int) -> Images:
+        return await self._submit(job, deadline, False, self.metrics, watch, previews)
+
+    async def _submit(
+        self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None, watch: Preview | None, previews: int
+    ) -> Images:
         assert isinstance(job, DiffusionJob)
         job = dataclasses.replace(job, deadline=time.monotonic() + remaining(deadline))
         try:
-            result = await self.scheduler.submit(job)
+            result = await self.scheduler.submit(job, watch, previews)
         except GenserveError as e:
             if metrics:
                 metrics.request_failed(e.reason)

@@ -23,7 +23,14 @@ from pydantic import BaseModel
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
 from deployments.oip_routes import add_oip_routes
-from deployments.openai_routes import Forward, add_openai_routes, refuse_without_forward
+from deployments.openai_routes import (
+    Forward,
+    StreamForward,
+    add_openai_edit_route,
+    add_openai_routes,
+    refuse_without_forward,
+    refuse_without_stream,
+)
 from service import latents
 from service.cards import ModelCard
 from service.errors import ModelNotFound, Overloaded
@@ -188,6 +195,7 @@ def catalog_app(
     record: ErrorRecorder,
     forward: Forward = refuse_without_forward,
     timeout_s: float = 120.0,
+    stream: StreamForward = refuse_without_stream,
 ) -> FastAPI:
     """The catalog: model list, health, readiness, OpenAI's image generation (handed to the
     model's replicas by `forward`), and OpenAPI for every route."""
@@ -249,7 +257,8 @@ def catalog_app(
 
     for route, (request_schema, response_schema, families) in IMAGE_ROUTE_DOCS.items():
         _document_image_route(app, route, request_schema, response_schema, families, card_of)
-    add_openai_routes(app, cards, forward, timeout_s)
+    add_openai_routes(app, cards, forward, stream, timeout_s)
+    add_openai_edit_route(app, cards, forward, timeout_s)
     add_oip_routes(app, cards, forward, probe, timeout_s)
 
     return app

@@ -79,8 +79,19 @@ def _to_channels(img: Image.Image, channels: int, field: str) -> np.ndarray:
 
 def decode_image(text: str, card: ModelCard, field: str) -> np.ndarray:
     """One base64 PNG/JPEG -> (H, W, C) uint8 of the card's shape, or InvalidRequest naming `field`."""
+    return decode_file(decode_base64(text, field), card, field)
+
+
+def open_checked(data: bytes, card: ModelCard, field: str) -> Image.Image:
+    """A PNG/JPEG file of the card's size, opened (header read, pixels not yet decoded)."""
+    _, h, w = card.image_shape
+    return _open(data, field, h, w)
+
+
+def decode_file(data: bytes, card: ModelCard, field: str) -> np.ndarray:
+    """One PNG/JPEG file's bytes -> (H, W, C) uint8 of the card's shape, as `decode_image`."""
     c, h, w = card.image_shape
-    img = _open(decode_base64(text, field), field, h, w)
+    img = _open(data, field, h, w)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data

@@ -50,8 +50,11 @@ class ImagesGenerationRequest(BaseModel):
     style: str | None = Field(None, description="Accepted; not used.")
     background: str | None = Field(None, description="Accepted; not used.")
     moderation: str | None = Field(None, description="Accepted; not used.")
-    stream: bool = Field(False, description="Streaming is not served yet: true is refused.")
-    partial_images: int | None = Field(None, ge=0, le=3, description="With stream only.")
+    stream: bool = Field(False, description="Server-sent events: partial images (diffusion), then each image.")
+    partial_images: int | None = Field(
+        None, ge=0, le=3, description="With stream: previews per image on its way (the clean-image estimate)."
+    )
+    safety_identifier: str | None = Field(None, max_length=256, description="Accepted; not used.")
     # genserve's own fields (the SDK's extra_body); validated by the model's /generate schema.
     seed: Any = None
     steps: Any = None
@@ -89,8 +92,6 @@ def label_from_prompt(prompt: str, card: ModelCard) -> int | None:
 
 def generate_body(req: ImagesGenerationRequest, card: ModelCard, limits: Limits) -> dict[str, Any]:
     """The equivalent body of the model's own `/generate` request."""
-    if req.stream:
-        raise InvalidRequest("stream is not supported yet; send stream: false", field="stream")
     if req.response_format == "url":
         raise InvalidRequest(
             "response_format 'url' is not supported: genserve keeps no files; use b64_json", field="response_format"
@@ -117,3 +118,68 @@ def parse(raw: bytes) -> ImagesGenerationRequest:
         field = ".".join(str(p) for p in err["loc"]) or None
         message = "unrecognized request argument supplied" if err["type"] == "extra_forbidden" else err["msg"]
         raise InvalidRequest(f"{field}: {message}" if field else message, field=field) from None
+
+
+class ImagesEditRequest(BaseModel):
+    """OpenAI's image edit form fields (multipart; the files travel beside them), plus genserve's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    prompt: str = Field("", max_length=1000)
+    n: int = Field(1, ge=1)
+    size: str | None = None
+    response_format: Literal["b64_json", "url"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    output_compression: int | None = Field(None, ge=0, le=100)
+    user: str | None = Field(None, max_length=256)
+    quality: str | None = None
+    background: str | None = None
+    input_fidelity: str | None = None
+    safety_identifier: str | None = Field(None, max_length=256)
+    stream: bool = False
+    # genserve's own: how far to move from the image (image-to-image), and how to sample
+    strength: float | None = Field(None, gt=0, le=1, description="Default 0.6 without a mask, 1 with one.")
+    seed: int | None = None
+    steps: int | None = None
+    sampler: str | None = None
+    guidance: float | None = None
+    eta: float | None = None
+
+
+def parse_edit(fields: dict[str, str]) -> ImagesEditRequest:
+    """Form fields (strings) -> request, or InvalidRequest naming the first bad one."""
+    try:
+        return ImagesEditRequest.model_validate(fields)
+    except ValidationError as e:
+        err = e.errors(include_url=False, include_context=False, include_input=False)[0]
+        field = ".".join(str(p) for p in err["loc"]) or None
+        message = "unrecognized request argument supplied" if err["type"] == "extra_forbidden" else err["msg"]
+        raise InvalidRequest(f"{field}: {message}" if field else message, field=field) from None
+
+
+def edit_body(req: ImagesEditRequest, card: ModelCard, limits: Limits) -> dict[str, Any]:
+    """The diffusion `/generate` body an edit runs with (its image and mask go on the job)."""
+    if card.family != "diffusion" or "/img2img" not in card.routes():
+        raise InvalidRequest(f"model {card.name!r} cannot edit images; a diffusion model can", field="model")
+    if req.stream:
+        raise InvalidRequest("stream is not supported for edits; send stream: false", field="stream")
+    as_generation = ImagesGenerationRequest(
+        model=req.model, prompt=req.prompt, n=req.n, size=req.size, response_format=req.response_format,
+        seed=req.seed, steps=req.steps, sampler=req.sampler, guidance=req.guidance, eta=req.eta,
+    )  # fmt: skip
+    return generate_body(as_generation, card, limits)
+
+
+def mask_from_alpha(image: Any, card: ModelCard, field: str = "mask") -> Any:
+    """OpenAI's mask rule: fully transparent pixels (alpha 0) are edited. -> (C, H, W) float32,
+    1 where the image is regenerated. `image` is an opened PIL image of the card's size."""
+    import numpy as np
+
+    if "A" not in image.getbands() and "transparency" not in image.info:
+        raise InvalidRequest(
+            f"{field}: needs an alpha channel: its fully transparent pixels are the ones edited", field=field
+        )
+    alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
+    regenerate = (alpha == 0).astype(np.float32)
+    return np.broadcast_to(regenerate[None], card.image_shape).copy()

@@ -53,6 +53,16 @@ class DiffusionResult:
     stats: RequestStats
 
 
+# Called on the event loop with (image index, steps done, the current clean-image estimate).
+Preview = Callable[[int, int, np.ndarray], None]
+
+
+def preview_steps(steps: int, previews: int) -> frozenset[int]:
+    """After which steps of a `steps`-step lane to show `previews` previews: evenly spread,
+    never after the last step (the image itself follows then)."""
+    return frozenset(round(steps * j / (previews + 1)) for j in range(1, previews + 1)) - {0, steps}
+
+
 @dataclass(eq=False)
 class _Request:
     job: DiffusionJob
@@ -63,6 +73,9 @@ class _Request:
     promise: float | None = None  # the monotonic instant admission expects it to finish by
     first_step: float | None = None
     iterations: int = 0
+    # Previews (streaming): after these steps of a lane, `watch(image index, steps done, x0)`.
+    watch: Preview | None = None
+    preview_after: frozenset[int] = frozenset()
 
 
 @dataclass(eq=False)
@@ -145,13 +158,16 @@ class StepScheduler:
         """Lanes (images) waiting or in progress: the queue depth."""
         return len(self._lanes)
 
-    async def submit(self, job: DiffusionJob) -> DiffusionResult:
-        """Queues the job's images and waits for them; cancelling the caller drops its lanes."""
+    async def submit(self, job: DiffusionJob, watch: Preview | None = None, previews: int = 0) -> DiffusionResult:
+        """Queues the job's images and waits for them; cancelling the caller drops its lanes.
+        With `watch`, each image's clean-image estimate is shown to it `previews` times on the way."""
         promise = self._admit(job)
         loop = asyncio.get_running_loop()
         shape = self.model.card.image_shape
         req = _Request(job, loop.create_future(), np.zeros((job.n, *shape), np.float32), job.n, time.monotonic())
         req.promise = promise
+        if watch is not None and previews > 0:
+            req.watch, req.preview_after = watch, preview_steps(job.steps - job.start, previews)
         self._add_lanes(req)
         self._ensure_loop()
         try:
@@ -326,6 +342,8 @@ class StepScheduler:
             if req.first_step is None:
                 req.first_step = now
             lane.x, lane.x0_prev, lane.step, lane.skipped = x_next[k], x0[k], lane.step + 1, 0
+            if req.watch is not None and lane.step in req.preview_after:
+                req.watch(lane.index, lane.step, x0[k])
             if lane.step == lane.plan.num_steps:
                 req.images[lane.index] = lane.x
                 req.remaining -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,39 @@ def client(forward: Forwarded) -> TestClient:
     return TestClient(catalog_app(CARDS, {}, no_probe, lambda _: None, forward))
 
 
+def test_streaming_sends_partial_images_then_each_image_as_openai_events() -> None:
+    png = png_bytes(np.full((28, 28, 1), 90, np.uint8))
+    asked: list[tuple[str, int]] = []
+
+    async def stream(name: str, job: Job, deadline: float, previews: int) -> Any:
+        asked.append((name, previews))
+        yield {"type": "accepted", "seed": job.seed, "label": job.label}
+        for i in range(job.n):
+            for nth in range(previews):
+                yield {"type": "partial", "index": i, "step": 5 * (nth + 1), "partial_image_index": nth, "png": png}
+        for i in range(job.n):
+            yield {"type": "image", "index": i, "png": png}
+        yield {"type": "done", "seconds": 0.1}
+
+    app = catalog_app(CARDS, {}, no_probe, lambda _: None, Forwarded(), 120.0, stream)
+    body = {"model": "diffusion", "prompt": "4", "n": 2, "stream": True, "partial_images": 2, "seed": 1}
+    with TestClient(app).stream("POST", "/v1/images/generations", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    kinds = [e["type"] for e in events]
+    assert kinds == ["image_generation.partial_image"] * 4 + ["image_generation.completed"] * 2
+    assert [e["partial_image_index"] for e in events[:2]] == [0, 1] and events[-1]["image_index"] == 1
+    assert base64.b64decode(events[0]["b64_json"])[:4] == b"\x89PNG" and asked == [("diffusion", 2)]
+
+
+def test_a_stream_the_model_refuses_is_an_http_error_not_an_event() -> None:
+    r = TestClient(catalog_app(CARDS, {}, no_probe, lambda _: None, Forwarded())).post(
+        "/v1/images/generations", json={"model": "diffusion", "prompt": "4", "stream": True}
+    )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+
+
 def test_generation_hands_the_model_its_own_job_and_answers_in_openai_shape() -> None:
     fwd = Forwarded()
     body = {"model": "diffusion", "prompt": "a handwritten seven", "n": 2, "steps": 10, "seed": 5, "user": "u1"}
@@ -92,7 +126,7 @@ def test_jpeg_and_webp_are_transcoded() -> None:
         ({"model": "diffusion", "prompt": "3", "response_format": "url"}, 400, "response_format"),
         ({"model": "diffusion", "prompt": "3", "size": "1024x1024"}, 400, "size"),
         ({"model": "diffusion", "prompt": "3", "n": 65}, 400, "n"),
-        ({"model": "diffusion", "prompt": "3", "stream": True}, 400, "stream"),
+        ({"model": "diffusion", "prompt": "3", "stream": True, "partial_images": 4}, 400, "partial_images"),
         ({"model": "diffusion", "prompt": "3", "steps": 5000}, 400, "steps"),
         ({"model": "gan", "prompt": "3", "steps": 20}, 400, "steps"),  # a GAN takes no steps
         ({"model": "distilled", "prompt": "3", "steps": 3}, 400, "steps"),
@@ -122,3 +156,50 @@ def test_the_model_list_is_openais_list_with_genserves_fields() -> None:
     first = listing["data"][0]
     assert first["object"] == "model" and first["id"] == first["name"] and first["owned_by"] == "genserve"
     assert first["created"] > 0 and "labels" in first and "quality" in first
+
+
+def png_file(array: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array, mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_edits_map_to_image_to_image_and_to_inpainting_with_openais_mask_rule() -> None:
+    fwd = Forwarded()
+    c = client(fwd)
+    digit = png_file(np.full((28, 28), 255, np.uint8))
+    r = c.post("/v1/images/edits", data={"model": "diffusion", "prompt": "eight", "strength": "0.5", "seed": "3"},
+               files={"image": ("d.png", digit, "image/png")})  # fmt: skip
+    assert r.status_code == 200, r.text
+    _, job = fwd.jobs[-1]
+    assert isinstance(job, DiffusionJob) and job.edit is not None and job.label == 8 and job.seed == 3
+    assert job.edit.strength == 0.5 and job.edit.mask is None and job.edit.image.min() == 1.0
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[:14, :, 3] = 0  # transparent top half: edit it
+    r = c.post("/v1/images/edits", data={"model": "diffusion", "prompt": "8"},
+               files={"image": ("d.png", digit, "image/png"), "mask": ("m.png", png_file(rgba, "RGBA"), "image/png")})  # fmt: skip
+    assert r.status_code == 200, r.text
+    _, job = fwd.jobs[-1]
+    assert isinstance(job, DiffusionJob) and job.edit is not None and job.edit.strength == 1.0
+    assert job.edit.mask is not None and job.edit.mask[0, :14].min() == 1 and job.edit.mask[0, 14:].max() == 0
+
+
+@pytest.mark.parametrize(
+    ("data", "files", "param"),
+    [
+        ({"model": "gan", "prompt": "8"}, "image", "model"),
+        ({"model": "diffusion", "prompt": "8"}, None, "image"),
+        ({"model": "diffusion", "prompt": "8", "strength": "0"}, "image", "strength"),
+        ({"model": "diffusion", "prompt": "8"}, "opaque-mask", "mask"),
+        ({"model": "distilled", "prompt": "8"}, "image", "model"),
+    ],
+)
+def test_edit_errors_name_the_parameter(data: dict[str, str], files: str | None, param: str) -> None:
+    digit = png_file(np.full((28, 28), 255, np.uint8))
+    parts: dict[str, Any] = {"image": ("d.png", digit, "image/png")} if files else {}
+    if files == "opaque-mask":
+        parts["mask"] = ("m.png", png_file(np.full((28, 28), 255, np.uint8)), "image/png")
+    r = client(Forwarded()).post("/v1/images/edits", data=data, files=parts or None)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param

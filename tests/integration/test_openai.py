@@ -46,3 +46,32 @@ def test_errors_reach_the_sdk_as_its_own_exceptions(client: OpenAI) -> None:
         client.images.generate(model="diffusion", prompt="3", response_format="url")
     with pytest.raises(NotFoundError):
         client.images.generate(model="dall-e-3", prompt="3")
+
+
+def test_streaming_gives_partial_images_then_the_image_a_plain_request_gives(client: OpenAI) -> None:
+    extra = {"steps": 12, "seed": 9}
+    events = list(
+        client.images.generate(model="diffusion", prompt="five", stream=True, partial_images=2, extra_body=extra)
+    )
+    kinds = [e.type for e in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    plain = client.images.generate(model="diffusion", prompt="five", extra_body=extra)
+    assert events[-1].b64_json == (plain.data or [])[0].b64_json
+    assert events[0].b64_json != events[-1].b64_json  # a preview, not the image
+
+
+def test_edits_through_the_sdk(client: OpenAI, server: Server) -> None:
+    plain = client.images.generate(model="diffusion", prompt="8", n=1, extra_body={"steps": 10, "seed": 21})
+    digit = base64.b64decode((plain.data or [])[0].b64_json or "")
+    same = client.images.edit(
+        model="diffusion", image=("d.png", digit, "image/png"), prompt="8",
+        extra_body={"strength": 1.0, "steps": 10, "seed": 21},
+    )  # fmt: skip
+    assert (same.data or [])[0].b64_json == (plain.data or [])[0].b64_json  # strength 1: the plain sample
+    edited = client.images.edit(
+        model="diffusion",
+        image=("d.png", digit, "image/png"),
+        prompt="3",
+        extra_body={"strength": 0.8, "guidance": 3.0},
+    )
+    assert classify(server, np.stack([decode_png(base64.b64decode((edited.data or [])[0].b64_json or ""))]))[0] == 3

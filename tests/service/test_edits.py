@@ -14,7 +14,7 @@ from service.images import to_uint8
 from service.jobs import DiffusionJob, Edit, start_step
 from service.registry import LoadedModel, load_model
 from service.samplers import make_plan
-from service.scheduler import StepScheduler
+from service.scheduler import StepScheduler, preview_steps
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
 
@@ -105,3 +105,22 @@ def test_interpolation_frames_start_from_slerped_noise_and_end_at_the_seeds_samp
     )
     assert np.array_equal(frames[0], a[0]) and np.array_equal(frames[-1], b[0])  # dpmpp_2m is deterministic
     assert not np.array_equal(frames[1], frames[2])
+
+
+def test_previews_show_each_images_clean_estimate_at_evenly_spread_steps(model: LoadedModel) -> None:
+    assert preview_steps(20, 3) == {5, 10, 15} and preview_steps(2, 3) == {1} and preview_steps(1, 2) == frozenset()
+    seen: list[tuple[int, int]] = []
+
+    async def go() -> np.ndarray:
+        s = StepScheduler(model)
+        try:
+            job = DiffusionJob(seed=4, n=2, steps=12, label=1)
+            return (await s.submit(job, lambda i, step, x0: seen.append((i, step)), previews=2)).images
+        finally:
+            await s.close()
+
+    images = asyncio.run(go())
+    assert sorted(seen) == [(0, 4), (0, 8), (1, 4), (1, 8)]
+    assert np.array_equal(
+        images, run(model, [DiffusionJob(seed=4, n=2, steps=12, label=1)])[0]
+    )  # watching changes nothing
