@@ -34,7 +34,7 @@ from service.images import encode_pngs, png_bytes, to_uint8
 from service.jobs import DiffusionJob, Job, LatentJob
 from service.registry import LoadedModel, load_model
 from service.runtime import Device
-from service.scheduler import Preview, StepScheduler
+from service.scheduler import Preview, StepScheduler, preview_steps
 from service.settings import Settings
 from service.stats import RequestStats, StepStats
 
@@ -113,51 +113,76 @@ class _Replica:
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
         raise NotImplementedError
 
-    async def _generate_watched(self, job: Job, deadline: float, watch: Preview, previews: int) -> Images:
-        """As `generate`, showing `watch` each image's progress `previews` times where the model
+    async def _generate_watched(self, job: Job, deadline: float, watch: Preview) -> Images:
+        """As `generate`, showing `watch` each image's progress after every step where the model
         has steps to show (diffusion); a one-call model shows none."""
         return await self._generate(job, deadline, False, self.metrics)
 
-    async def generate_stream(self, job: Job, deadline: float, previews: int) -> AsyncIterator[dict[str, Any]]:
-        """`job` as events, for streaming clients (through a deployment handle with stream=True):
-        `accepted` once admitted (a refusal raises before it), `partial` previews (diffusion: each
-        image's clean-image estimate, `previews` times on its way), an `image` per image, `done`."""
+    async def generate_stream(
+        self, job: Job, deadline: float, previews: int = 0, every: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`job` as events, for streaming clients (the model's own `/generate` with `stream`, or
+        the catalog's OpenAI route through a streaming handle): `accepted` once admitted (a
+        refusal raises before it); for diffusion `progress` (step, total) each time every image
+        has made one more step, a `preview` (every image's clean-image estimate) every `every`
+        steps, and OpenAI's `partial` previews `previews` times per image; then an `image` per
+        image and `done`. Closing the stream cancels the job (its lanes leave the scheduler)."""
         queue: asyncio.Queue[tuple[int, int, np.ndarray]] = asyncio.Queue()
+        total = job.steps - job.start if isinstance(job, DiffusionJob) else 0
+        partial_after = preview_steps(total, previews)
 
         def watch(index: int, step: int, x0: np.ndarray) -> None:
             queue.put_nowait((index, step, x0))
 
-        task = asyncio.create_task(self._generate_watched(job, deadline, watch, previews))
+        task = asyncio.create_task(self._generate_watched(job, deadline, watch))
         await asyncio.sleep(0)  # admission runs before the task's first wait
         refused = task.exception() if task.done() else None
         if refused is not None:
             raise refused
-        yield {"type": "accepted", "seed": job.seed, "label": job.label}
-        shown: dict[int, int] = {}
+        yield {"type": "accepted", "seed": job.seed, "label": job.label, "total": total}
         vr = self.card.image.value_range
+        shown: dict[int, int] = {}
+        reached = [0] * job.n
+        latest: dict[int, np.ndarray] = {}
+        done_steps = 0
 
-        def partial(index: int, step: int, x0: np.ndarray) -> dict[str, Any]:
-            nth = shown[index] = shown.get(index, -1) + 1
-            png = png_bytes(to_uint8(x0[None], vr)[0])
-            return {"type": "partial", "index": index, "step": step, "partial_image_index": nth, "png": png}
+        def events(index: int, step: int, x0: np.ndarray) -> list[dict[str, Any]]:
+            nonlocal done_steps
+            out: list[dict[str, Any]] = []
+            if step in partial_after:
+                nth = shown[index] = shown.get(index, -1) + 1
+                png = png_bytes(to_uint8(x0[None], vr)[0])
+                out.append({"type": "partial", "index": index, "step": step, "partial_image_index": nth, "png": png})
+            reached[index] = step
+            if every and step % every == 0 and step < total:
+                latest[index] = x0
+            while min(reached) > done_steps:
+                done_steps += 1
+                out.append({"type": "progress", "step": done_steps, "total": total})
+                if every and done_steps % every == 0 and done_steps < total and len(latest) == job.n:
+                    pngs = [png_bytes(to_uint8(latest[i][None], vr)[0]) for i in range(job.n)]
+                    out.append({"type": "preview", "step": done_steps, "pngs": pngs})
+            return out
 
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
+                finished, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in finished:
                     getter.cancel()
                     break
-                yield partial(*getter.result())
-            while not queue.empty():  # previews that came with the last step
-                yield partial(*queue.get_nowait())
+                for event in events(*getter.result()):
+                    yield event
+            while not queue.empty():  # what came with the last step
+                for event in events(*queue.get_nowait()):
+                    yield event
             out = task.result()
         finally:
             if not task.done():
                 task.cancel()
         for index, png in enumerate(out.pngs):
             yield {"type": "image", "index": index, "png": png}
-        yield {"type": "done", "seconds": out.total_seconds}
+        yield {"type": "done", "seconds": out.total_seconds, "queue_seconds": out.queue_seconds}
 
     def probe_job(self) -> Job:
         raise NotImplementedError
@@ -297,18 +322,18 @@ class DiffusionReplica(_Replica):
         return DiffusionJob(seed=0, n=1, steps=1, label=None if self.card.null_label is not None else 0)
 
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
-        return await self._submit(job, deadline, grid, metrics, None, 0)
+        return await self._submit(job, deadline, grid, metrics, None)
 
-    async def _generate_watched(self, job: Job, deadline: float, watch: Preview, previews: int) -> Images:
-        return await self._submit(job, deadline, False, self.metrics, watch, previews)
+    async def _generate_watched(self, job: Job, deadline: float, watch: Preview) -> Images:
+        return await self._submit(job, deadline, False, self.metrics, watch)
 
     async def _submit(
-        self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None, watch: Preview | None, previews: int
+        self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None, watch: Preview | None
     ) -> Images:
         assert isinstance(job, DiffusionJob)
         job = dataclasses.replace(job, deadline=time.monotonic() + remaining(deadline))
         try:
-            result = await self.scheduler.submit(job, watch, previews)
+            result = await self.scheduler.submit(job, watch)
         except GenserveError as e:
             if metrics:
                 metrics.request_failed(e.reason)

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
@@ -33,7 +34,7 @@ from deployments.openai_routes import (
 )
 from service import latents
 from service.cards import ModelCard
-from service.errors import ModelNotFound, Overloaded
+from service.errors import GenserveError, ModelNotFound, Overloaded
 from service.inputs import decode_image, to_network
 from service.jobs import Edit, Job
 from service.registry import LoadedModel
@@ -91,6 +92,12 @@ class ModelBackend(Protocol):
         """Images for `job` by `deadline` (Unix time), or a GenserveError."""
         ...
 
+    def generate_stream(
+        self, job: Job, deadline: float, previews: int = 0, every: int = 0
+    ) -> AsyncIterator[dict[str, Any]]:
+        """`job` as events: accepted, progress, previews, images, done (`_Replica.generate_stream`)."""
+        ...
+
     async def compute(self, fn: Callable[[Check], T], deadline: float, route: str) -> T:
         """`fn(check)` in a worker thread; `check` raises once the deadline passes or the client
         has left, so the work stops at its next chunk."""
@@ -109,6 +116,34 @@ def generate_response(name: str, seed: int, out: Images) -> GenerateResponse:
     )
     grid = base64.b64encode(out.grid).decode("ascii") if out.grid is not None else None
     return GenerateResponse(model=name, images=images, grid_png_base64=grid, timings=timings)
+
+
+def sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+async def stream_events(first: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    """A replica's `generate_stream` events as genserve's server-sent events: `accepted`,
+    `progress` {step, total}, `preview` {step, images}, `image` {index, png_base64, seed}, then
+    `done` {timings}; an error after the stream began is an `error` event with the usual body."""
+    seed = first.get("seed")
+    yield sse("accepted", {"seed": seed, "label": first.get("label"), "total": first.get("total")})
+    try:
+        async for e in events:
+            if e["type"] == "progress":
+                yield sse("progress", {"step": e["step"], "total": e["total"]})
+            elif e["type"] == "preview":
+                b64 = [base64.b64encode(p).decode("ascii") for p in e["pngs"]]
+                yield sse("preview", {"step": e["step"], "images": b64})
+            elif e["type"] == "image":
+                png = base64.b64encode(e["png"]).decode("ascii")
+                yield sse("image", {"index": e["index"], "png_base64": png, "seed": seed})
+            elif e["type"] == "done":
+                total, queue = e["seconds"], e["queue_seconds"]
+                timings = {"queue_seconds": queue, "compute_seconds": total - queue, "total_seconds": total}
+                yield sse("done", {"timings": timings})
+    except GenserveError as err:
+        yield sse("error", {"error": {"code": err.reason, "message": err.message, "field": err.field}})
 
 
 def openapi_body() -> dict[str, Any]:
@@ -133,17 +168,24 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
     async def info() -> ModelInfo:
         return ModelInfo.from_card(card, limits)
 
-    @app.post("/generate", response_model=GenerateResponse)
-    async def generate(request: Request) -> GenerateResponse:
-        deadline = time.time() + timeout_s  # Unix time: the deadline may cross processes
-        req = parse_request(await request.body(), schema, card, limits)
-        job = req.to_job()
+    async def answer(request: Request, req: Any, job: Job, deadline: float) -> GenerateResponse | StreamingResponse:
+        """Images as JSON, or as server-sent events when the client asked for a stream."""
+        if req.stream or "text/event-stream" in request.headers.get("accept", ""):
+            events = backend.generate_stream(job, deadline, 0, getattr(req, "preview_every", 0))
+            first = await anext(events)  # admission: a refusal is still an HTTP error
+            return StreamingResponse(stream_events(first, events), media_type="text/event-stream")
         out = await backend.generate(job, deadline, req.grid)
         return generate_response(card.name, job.seed, out)
 
+    @app.post("/generate", response_model=GenerateResponse)
+    async def generate(request: Request) -> GenerateResponse | StreamingResponse:
+        deadline = time.time() + timeout_s  # Unix time: the deadline may cross processes
+        req = parse_request(await request.body(), schema, card, limits)
+        return await answer(request, req, req.to_job(), deadline)
+
     if "/img2img" in card.routes():
 
-        async def edited(request: Request, schema: type[Img2ImgRequest]) -> GenerateResponse:
+        async def edited(request: Request, schema: type[Img2ImgRequest]) -> GenerateResponse | StreamingResponse:
             deadline = time.time() + timeout_s
             req = parse_request(await request.body(), schema, card, limits)
             image = to_network(decode_image(req.image, card, "image")[None], card)[0]
@@ -151,15 +193,14 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
             if isinstance(req, InpaintRequest):
                 mask = (decode_image(req.mask, card, "mask") >= 128).transpose(2, 0, 1).astype(np.float32)
             job = dataclasses.replace(req.to_job(), edit=Edit(image, req.strength, mask))
-            out = await backend.generate(job, deadline, req.grid)
-            return generate_response(card.name, job.seed, out)
+            return await answer(request, req, job, deadline)
 
         @app.post("/img2img", response_model=GenerateResponse)
-        async def img2img(request: Request) -> GenerateResponse:
+        async def img2img(request: Request) -> GenerateResponse | StreamingResponse:
             return await edited(request, Img2ImgRequest)
 
         @app.post("/inpaint", response_model=GenerateResponse)
-        async def inpaint(request: Request) -> GenerateResponse:
+        async def inpaint(request: Request) -> GenerateResponse | StreamingResponse:
             return await edited(request, InpaintRequest)
 
     if card.family == "diffusion":

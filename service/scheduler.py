@@ -73,9 +73,8 @@ class _Request:
     promise: float | None = None  # the monotonic instant admission expects it to finish by
     first_step: float | None = None
     iterations: int = 0
-    # Previews (streaming): after these steps of a lane, `watch(image index, steps done, x0)`.
+    # Streaming: after every step of a lane, `watch(image index, steps done, x0)`.
     watch: Preview | None = None
-    preview_after: frozenset[int] = frozenset()
 
 
 @dataclass(eq=False)
@@ -158,16 +157,16 @@ class StepScheduler:
         """Lanes (images) waiting or in progress: the queue depth."""
         return len(self._lanes)
 
-    async def submit(self, job: DiffusionJob, watch: Preview | None = None, previews: int = 0) -> DiffusionResult:
+    async def submit(self, job: DiffusionJob, watch: Preview | None = None) -> DiffusionResult:
         """Queues the job's images and waits for them; cancelling the caller drops its lanes.
-        With `watch`, each image's clean-image estimate is shown to it `previews` times on the way."""
+        With `watch`, each image's clean-image estimate is shown to it after every step (the
+        watcher must be quick and must not raise: it runs on the event loop)."""
         promise = self._admit(job)
         loop = asyncio.get_running_loop()
         shape = self.model.card.image_shape
         req = _Request(job, loop.create_future(), np.zeros((job.n, *shape), np.float32), job.n, time.monotonic())
         req.promise = promise
-        if watch is not None and previews > 0:
-            req.watch, req.preview_after = watch, preview_steps(job.steps - job.start, previews)
+        req.watch = watch
         self._add_lanes(req)
         self._ensure_loop()
         try:
@@ -342,7 +341,7 @@ class StepScheduler:
             if req.first_step is None:
                 req.first_step = now
             lane.x, lane.x0_prev, lane.step, lane.skipped = x_next[k], x0[k], lane.step + 1, 0
-            if req.watch is not None and lane.step in req.preview_after:
+            if req.watch is not None:
                 req.watch(lane.index, lane.step, x0[k])
             if lane.step == lane.plan.num_steps:
                 req.images[lane.index] = lane.x

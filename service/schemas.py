@@ -23,6 +23,7 @@ from service.samplers import SAMPLERS, SamplerName
 from service.settings import Limits
 
 MAX_SEED = 2**63 - 1
+MAX_PREVIEWS = 20  # previews one streamed request may ask for
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Seed for reproducible images; random if omitted.")]
 
 
@@ -60,6 +61,11 @@ class _GenerateBase(BaseModel):
         None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
     )
     grid: bool = Field(False, description="Also return all images tiled into one PNG (`grid_png_base64`).")
+    stream: bool = Field(
+        False,
+        description="Answer with server-sent events (also with `Accept: text/event-stream`): diffusion progress "
+        "(step, total) and previews, then each image, then timings.",
+    )
 
     @field_validator("n")
     @classmethod
@@ -120,6 +126,20 @@ class _DiffusionSampling(BaseModel):
     )
     guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale; 1 is plain conditional sampling.")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM only: 0 deterministic, 1 DDPM-like noise.")
+    preview_every: int = Field(
+        0,
+        ge=0,
+        description=f"With stream: every image's clean-image estimate every this many steps (0: none); at most "
+        f"{MAX_PREVIEWS} previews per request.",
+    )
+
+    @field_validator("preview_every")
+    @classmethod
+    def _previews_within(cls, v: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if v and isinstance(steps, int) and steps / v > MAX_PREVIEWS:
+            raise ValueError(f"at most {MAX_PREVIEWS} previews: preview_every at least {-(-steps // MAX_PREVIEWS)}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

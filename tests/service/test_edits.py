@@ -107,7 +107,7 @@ def test_interpolation_frames_start_from_slerped_noise_and_end_at_the_seeds_samp
     assert not np.array_equal(frames[1], frames[2])
 
 
-def test_previews_show_each_images_clean_estimate_at_evenly_spread_steps(model: LoadedModel) -> None:
+def test_a_watcher_sees_every_step_and_previews_spread_evenly(model: LoadedModel) -> None:
     assert preview_steps(20, 3) == {5, 10, 15} and preview_steps(2, 3) == {1} and preview_steps(1, 2) == frozenset()
     seen: list[tuple[int, int]] = []
 
@@ -115,12 +115,12 @@ def test_previews_show_each_images_clean_estimate_at_evenly_spread_steps(model: 
         s = StepScheduler(model)
         try:
             job = DiffusionJob(seed=4, n=2, steps=12, label=1)
-            return (await s.submit(job, lambda i, step, x0: seen.append((i, step)), previews=2)).images
+            return (await s.submit(job, lambda i, step, x0: seen.append((i, step)))).images
         finally:
             await s.close()
 
     images = asyncio.run(go())
-    assert sorted(seen) == [(0, 4), (0, 8), (1, 4), (1, 8)]
+    assert sorted(seen) == [(i, step) for i in (0, 1) for step in range(1, 13)]  # every step of every image
     assert np.array_equal(
         images, run(model, [DiffusionJob(seed=4, n=2, steps=12, label=1)])[0]
     )  # watching changes nothing
