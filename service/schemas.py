@@ -126,20 +126,6 @@ class _DiffusionSampling(BaseModel):
     )
     guidance: float = Field(1.0, ge=0, description="Classifier-free guidance scale; 1 is plain conditional sampling.")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM only: 0 deterministic, 1 DDPM-like noise.")
-    preview_every: int = Field(
-        0,
-        ge=0,
-        description=f"With stream: every image's clean-image estimate every this many steps (0: none); at most "
-        f"{MAX_PREVIEWS} previews per request.",
-    )
-
-    @field_validator("preview_every")
-    @classmethod
-    def _previews_within(cls, v: int, info: ValidationInfo) -> int:
-        steps = info.data.get("steps")
-        if v and isinstance(steps, int) and steps / v > MAX_PREVIEWS:
-            raise ValueError(f"at most {MAX_PREVIEWS} previews: preview_every at least {-(-steps // MAX_PREVIEWS)}")
-        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -189,6 +175,21 @@ class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
             "examples": [{"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0, "seed": 42}]
         },
     )
+
+    preview_every: int = Field(
+        0,
+        ge=0,
+        description=f"With stream: every image's clean-image estimate every this many steps (0: none); at most "
+        f"{MAX_PREVIEWS} previews per request.",
+    )
+
+    @field_validator("preview_every")
+    @classmethod
+    def _previews_within(cls, v: int, info: ValidationInfo) -> int:
+        steps = info.data.get("steps")
+        if v and isinstance(steps, int) and steps / v > MAX_PREVIEWS:
+            raise ValueError(f"at most {MAX_PREVIEWS} previews: preview_every at least {-(-steps // MAX_PREVIEWS)}")
+        return v
 
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionGenerateRequest:
@@ -394,23 +395,14 @@ class ReconstructRequest(EncodeRequest):
     grid: bool = Field(False, description="Also return the images tiled into one PNG.")
 
 
-class InterpolateRequest(BaseModel):
-    """Frames along the spherical path between two latents: two seeds (the latents `generate`
-    draws for image 0 of each seed, so the first frame is that image), or, for a VAE, two
-    images (their posterior means)."""
+class _Frames(BaseModel):
+    """What every interpolation asks for: how many frames, decoded with which label, tiled or not."""
 
-    model_config = ConfigDict(
-        **STRICT,
-        json_schema_extra={"examples": [{"from_seed": 1, "to_seed": 2, "frames": 8, "label": 5, "grid": True}]},
-    )
+    model_config = STRICT
 
-    from_seed: Seed | None = Field(None, description="Seed of the first endpoint.")
-    to_seed: Seed | None = Field(None, description="Seed of the last endpoint.")
-    from_image: ImageBase64 | None = Field(None, description="VAE only: image of the first endpoint.")
-    to_image: ImageBase64 | None = Field(None, description="VAE only: image of the last endpoint.")
     frames: int = Field(8, ge=2, description="Frames, both endpoints included.")
     label: int | None = Field(
-        None, ge=0, validate_default=True, description="Label the frames are decoded (and images encoded) with."
+        None, ge=0, validate_default=True, description="Label the frames are made (and images encoded) with."
     )
     grid: bool = Field(False, description="Also return the frames tiled into one PNG.")
 
@@ -426,6 +418,22 @@ class InterpolateRequest(BaseModel):
         if v > limit:
             raise ValueError(f"at most {limit} frames")
         return v
+
+
+class InterpolateRequest(_Frames):
+    """Frames along the spherical path between two latents: two seeds (the latents `generate`
+    draws for image 0 of each seed, so the first frame is that image), or, for a VAE, two
+    images (their posterior means)."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={"examples": [{"from_seed": 1, "to_seed": 2, "frames": 8, "label": 5, "grid": True}]},
+    )
+
+    from_seed: Seed | None = Field(None, description="Seed of the first endpoint.")
+    to_seed: Seed | None = Field(None, description="Seed of the last endpoint.")
+    from_image: ImageBase64 | None = Field(None, description="VAE only: image of the first endpoint.")
+    to_image: ImageBase64 | None = Field(None, description="VAE only: image of the last endpoint.")
 
     @model_validator(mode="after")
     def _one_pair(self, info: ValidationInfo) -> InterpolateRequest:
@@ -524,7 +532,7 @@ class InpaintRequest(Img2ImgRequest):
     strength: float = Field(1.0, gt=0, le=1, description="As for image-to-image; inpainting usually runs all steps.")
 
 
-class DiffusionInterpolateRequest(_DiffusionSampling):
+class DiffusionInterpolateRequest(_Frames, _DiffusionSampling):
     """Frames between the starting noise of two seeds (spherical interpolation), each sampled with
     the same label, sampler and steps. Frame 0 is the plain sample of `from_seed`; with a
     deterministic sampler (ddim at eta 0, dpmpp_2m) the last frame is the plain sample of `to_seed`."""
@@ -536,24 +544,6 @@ class DiffusionInterpolateRequest(_DiffusionSampling):
 
     from_seed: Seed = Field(description="Seed of the first frame.")
     to_seed: Seed = Field(description="Seed of the last frame.")
-    frames: int = Field(8, ge=2, description="Frames, both endpoints included.")
-    label: int | None = Field(
-        None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
-    )
-    grid: bool = Field(False, description="Also return the frames tiled into one PNG.")
-
-    @field_validator("label")
-    @classmethod
-    def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
-        return _check_label(v, info)
-
-    @field_validator("frames")
-    @classmethod
-    def _frames_within_limit(cls, v: int, info: ValidationInfo) -> int:
-        limit = _ctx(info)[1].max_frames
-        if v > limit:
-            raise ValueError(f"at most {limit} frames")
-        return v
 
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionInterpolateRequest:

@@ -95,3 +95,9 @@ def test_latent_schemas_carry_their_knobs() -> None:
 def test_model_info_describes_limits_and_samplers(diffusion_card: ModelCard) -> None:
     info = ModelInfo.from_card(diffusion_card, Limits(max_steps=500))
     assert info.max_steps == 500 and info.samplers == ["ddpm", "ddim", "dpmpp_2m"] and info.unconditional
+
+
+def test_previews_are_bounded_per_request(diffusion_card: ModelCard) -> None:
+    assert validate({"steps": 100, "preview_every": 5, "stream": True}, diffusion_card).preview_every == 5
+    with pytest.raises(ValidationError, match="preview_every at least 5"):
+        validate({"steps": 100, "preview_every": 2}, diffusion_card)
