@@ -18,6 +18,10 @@ from tests.integration.test_serve import classify, generate, images_of
 pytestmark = pytest.mark.integration
 
 
+DIGIT = base64.b64encode(png_bytes(np.full((28, 28, 1), 255, np.uint8))).decode("ascii")
+SMALL = base64.b64encode(png_bytes(np.full((8, 8, 1), 255, np.uint8))).decode("ascii")  # not the model's size
+
+
 def post(server: Server, model: str, route: str, body: Any, timeout: float = 120) -> requests.Response:
     return requests.post(f"{server.url}/v1/models/{model}/{route}", json=body, timeout=timeout)
 
@@ -53,6 +57,10 @@ def test_score_and_classify_are_deterministic_alone_and_amid_other_traffic(
         assert busy.result().json()["scores"] == alone.json()["scores"]  # timings aside, the same answer
     cls = post(server, "vae", "classify", {"images": images, "k": 32})
     assert cls.status_code == 200, cls.text
+    assert (
+        post(server, "vae", "classify", {"images": images, "k": 32}).json()["probabilities"]
+        == cls.json()["probabilities"]
+    )
     predicted = np.array(cls.json()["predicted"])
     assert (predicted == labels).mean() >= 0.8, (predicted, labels)  # the VAE reads the diffusion model's digits
 
@@ -74,6 +82,9 @@ def test_reconstruct_keeps_the_digit_and_interpolation_starts_at_the_seeds_image
             assert np.array_equal(frame, want), (model, seed)
     enc = post(server, "vae", "encode", {"images": images[:2]})
     assert enc.status_code == 200 and len(enc.json()["mean"][0]) == 16
+    assert post(server, "vae", "encode", {"images": images[:2]}).json()["mean"] == enc.json()["mean"]
+    again = post(server, "vae", "reconstruct", {"images": images[:10], "label": None})
+    assert again.json()["images"] == rec.json()["images"]
 
 
 @pytest.mark.parametrize(
@@ -84,6 +95,15 @@ def test_reconstruct_keeps_the_digit_and_interpolation_starts_at_the_seeds_image
         ("vae", "classify", {"images": ["iVBORw0K"], "k": 5000}, 422, "k"),
         ("vae", "interpolate", {"from_seed": 1, "to_seed": 2, "frames": 1}, 422, "frames"),
         ("gan", "score", {"images": ["iVBORw0K"]}, 404, None),
+        ("vae", "encode", {"images": []}, 422, "images"),
+        ("vae", "reconstruct", {"images": ["@@@"]}, 422, "images.0"),
+        ("gan", "interpolate", {"from_image": "aGVsbG8=", "to_image": "aGVsbG8="}, 422, "body"),
+        ("diffusion", "img2img", {"image": "aGVsbG8="}, 422, "image"),
+        ("diffusion", "img2img", {"image": SMALL, "strength": 0.5}, 422, "image"),
+        ("diffusion", "inpaint", {"image": DIGIT, "mask": SMALL}, 422, "mask"),
+        ("diffusion", "inpaint", {"image": DIGIT}, 422, "mask"),
+        ("diffusion", "interpolate", {"from_seed": 1, "to_seed": 2, "frames": 65}, 422, "frames"),
+        ("distilled", "img2img", {"image": DIGIT}, 404, None),
     ],
 )
 def test_bad_inputs_get_a_clear_4xx(
