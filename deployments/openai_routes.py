@@ -1,4 +1,6 @@
-"""OpenAI's Images API on the catalog: `POST /v1/images/generations`.
+"""OpenAI's Images API on the catalog: `POST /v1/images/generations` (streamed with
+`stream: true`: the replica's `generate_stream` through a streaming handle) and
+`POST /v1/images/edits` (multipart: image-to-image, or inpainting under OpenAI's mask rule).
 
 The model is named in the body, not the path, so HAProxy cannot send the request straight to the
 model's replica: the catalog validates it (`service.openai_images`, then the model's own
