@@ -8,6 +8,7 @@ This module knows request schemas, job types and errors; never replicas, Ray or 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,11 @@ OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
 ERROR_CODE_HEADER = "x-error-code"
 
 ErrorRecorder = Callable[[str], None]
+
+
+def sse(kind: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event: its name and its data as JSON."""
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 def error_response(

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image
 from starlette.datastructures import UploadFile
 
-from deployments.http import ERROR_CODE_HEADER, parse_request
+from deployments.http import ERROR_CODE_HEADER, parse_request, sse
 from service import openai_images
 from service.cards import ModelCard
 from service.errors import GenserveError, InvalidRequest, ModelNotFound, Overloaded
@@ -63,10 +63,6 @@ def transcode(png: bytes, fmt: str, quality: int | None) -> bytes:
     return out.getvalue()
 
 
-def sse(event: dict[str, Any]) -> bytes:
-    return f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-
-
 async def openai_events(
     first: dict[str, Any], events: AsyncIterator[dict[str, Any]], card: ModelCard, fmt: str, quality: int | None
 ) -> AsyncIterator[bytes]:
@@ -76,18 +72,44 @@ async def openai_events(
               "output_format": fmt}  # fmt: skip
     usage = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
              "total_tokens": 0}  # fmt: skip
+
+    def event(kind: str, **data: Any) -> bytes:  # OpenAI repeats the event's name as its `type`
+        return sse(kind, {"type": kind, "created_at": int(time.time()), **data})
+
     try:
-        async for event in events:
-            b64 = base64.b64encode(transcode(event["png"], fmt, quality)).decode("ascii") if "png" in event else None
-            if event["type"] == "partial":
-                yield sse({"type": "image_generation.partial_image", "b64_json": b64, "created_at": int(time.time()),
-                           "partial_image_index": event["partial_image_index"], "image_index": event["index"],
-                           **common})  # fmt: skip
-            elif event["type"] == "image":
-                yield sse({"type": "image_generation.completed", "b64_json": b64, "created_at": int(time.time()),
-                           "usage": usage, "image_index": event["index"], "seed": first.get("seed"), **common})  # fmt: skip
-    except GenserveError as e:
-        yield sse({"type": "error", "error": {"message": e.message, "type": "server_error", "code": e.reason}})
+        async for e in events:
+            b64 = base64.b64encode(transcode(e["png"], fmt, quality)).decode("ascii") if "png" in e else None
+            if e["type"] == "partial":
+                yield event("image_generation.partial_image", b64_json=b64, image_index=e["index"],
+                            partial_image_index=e["partial_image_index"], **common)  # fmt: skip
+            elif e["type"] == "image":
+                yield event("image_generation.completed", b64_json=b64, image_index=e["index"], usage=usage,
+                            seed=first.get("seed"), **common)  # fmt: skip
+    except GenserveError as err:
+        yield sse(
+            "error", {"type": "error", "error": {"message": err.message, "type": "server_error", "code": err.reason}}
+        )
+
+
+def images_response(
+    pngs: list[bytes], seconds: float, job: Job, card: ModelCard, fmt: str, quality: int | None
+) -> JSONResponse:
+    """OpenAI's images response (`created`, `data` of `b64_json`), genserve's fields beside it."""
+    data = [
+        {"b64_json": base64.b64encode(transcode(p, fmt, quality)).decode("ascii"), "seed": job.seed, "index": i}
+        for i, p in enumerate(pngs)
+    ]
+    return JSONResponse(
+        {
+            "created": int(time.time()),
+            "data": data,
+            "output_format": fmt,
+            "size": f"{card.image.width}x{card.image.height}",
+            "model": card.name,
+            "label": job.label,
+            "seconds": round(seconds, 4),
+        }
+    )
 
 
 def add_openai_routes(
@@ -124,22 +146,7 @@ def add_openai_routes(
             pngs, seconds = await forward(card.name, job, deadline)
         except GenserveError as e:
             return from_genserve(e)
-        data: list[dict[str, Any]] = [
-            {"b64_json": base64.b64encode(transcode(p, req.output_format, req.output_compression)).decode("ascii"),
-             "seed": job.seed, "index": i}
-            for i, p in enumerate(pngs)
-        ]  # fmt: skip
-        return JSONResponse(
-            {
-                "created": int(time.time()),
-                "data": data,
-                "output_format": req.output_format,
-                "size": f"{card.image.width}x{card.image.height}",
-                "model": card.name,
-                "label": job.label,
-                "seconds": round(seconds, 4),
-            }
-        )
+        return images_response(pngs, seconds, job, card, req.output_format, req.output_compression)
 
 
 def add_openai_edit_route(app: FastAPI, cards: dict[str, ModelCard], forward: Forward, timeout_s: float) -> None:
@@ -185,15 +192,7 @@ def add_openai_edit_route(app: FastAPI, cards: dict[str, ModelCard], forward: Fo
             pngs, seconds = await forward(card.name, job, deadline)
         except GenserveError as e:
             return from_genserve(e)
-        data = [
-            {"b64_json": base64.b64encode(transcode(p, req.output_format, req.output_compression)).decode("ascii"),
-             "seed": job.seed, "index": i}
-            for i, p in enumerate(pngs)
-        ]  # fmt: skip
-        return JSONResponse(
-            {"created": int(time.time()), "data": data, "output_format": req.output_format,
-             "size": f"{card.image.width}x{card.image.height}", "model": card.name, "seconds": round(seconds, 4)}
-        )  # fmt: skip
+        return images_response(pngs, seconds, job, card, req.output_format, req.output_compression)
 
 
 async def refuse_without_forward(name: str, job: Job, deadline: float) -> tuple[list[bytes], float]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request
+from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request, sse
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
 from deployments.oip_routes import add_oip_routes
 from deployments.openai_routes import (
@@ -116,10 +115,6 @@ def generate_response(name: str, seed: int, out: Images) -> GenerateResponse:
     )
     grid = base64.b64encode(out.grid).decode("ascii") if out.grid is not None else None
     return GenerateResponse(model=name, images=images, grid_png_base64=grid, timings=timings)
-
-
-def sse(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def stream_events(first: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

@@ -29,7 +29,7 @@ import numpy as np
 
 from service.errors import DeadlineExceeded, GenserveError, Overloaded, TooCostly
 from service.generators import resolve_label
-from service.jobs import DiffusionJob, Edit
+from service.jobs import DiffusionJob
 from service.noise import image_rng
 from service.registry import LoadedModel
 from service.samplers import SamplerPlan, make_plan, x0_from_output
@@ -90,7 +90,6 @@ class _Lane:
     seq: int
     step: int = 0
     skipped: int = 0
-    edit: Edit | None = None
 
     @property
     def rows(self) -> int:
@@ -234,7 +233,7 @@ class StepScheduler:
                 x = job.initial[i].astype(np.float32)
             if job.edit is not None and job.start > 0:  # SDEdit: the input noised to the first step's level
                 x = (plan.alpha[0] * job.edit.image + plan.sigma[0] * x).astype(np.float32)
-            lane = _Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq, edit=job.edit)
+            lane = _Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq)
             self._lanes.append(lane)
         self._wake.set()
 
@@ -273,7 +272,8 @@ class StepScheduler:
         shape = self.model.card.image_shape
         coeffs = np.empty((len(lanes), 6), np.float64)
         z = np.zeros((len(lanes), *shape), np.float32)
-        inpainting = any(ln.edit is not None and ln.edit.mask is not None for ln in lanes)
+        masks = [ln.request.job.edit.mask if ln.request.job.edit is not None else None for ln in lanes]
+        inpainting = any(m is not None for m in masks)
         keep = np.zeros((len(lanes), *shape), np.float32) if inpainting else None
         known = np.zeros((len(lanes), *shape), np.float32) if inpainting else None
         for k, lane in enumerate(lanes):
@@ -281,8 +281,9 @@ class StepScheduler:
             coeffs[k] = (p.alpha[s], p.sigma[s], p.a[s], p.b[s], p.c[s], p.d[s])
             if p.d[s] != 0.0:
                 z[k] = lane.rng.standard_normal(lane.x.shape)
-            if keep is not None and known is not None and lane.edit is not None and lane.edit.mask is not None:
-                keep[k] = 1.0 - lane.edit.mask
+            mask = masks[k]
+            if keep is not None and known is not None and mask is not None:
+                keep[k] = 1.0 - mask
                 known[k] = self._known_at_next(lane)
         x, x0_prev = np.stack([ln.x for ln in lanes]), np.stack([ln.x0_prev for ln in lanes])
         return _Batch(lanes, x, x0_prev, coeffs, z, keep, known)
@@ -290,12 +291,13 @@ class StepScheduler:
     def _known_at_next(self, lane: _Lane) -> np.ndarray:
         """An inpainting lane's input image at the noise level its current step goes to: fresh
         noise from the lane's own generator (q(x_t | x_0), as RePaint), the image itself at the end."""
-        assert lane.edit is not None and self.model.alphas_cumprod is not None
+        edit = lane.request.job.edit
+        assert edit is not None and self.model.alphas_cumprod is not None
         if lane.step + 1 == lane.plan.num_steps:
-            return lane.edit.image
+            return edit.image
         abar = float(self.model.alphas_cumprod[lane.plan.timesteps[lane.step + 1]])
         noise = lane.rng.standard_normal(lane.x.shape)
-        noised: np.ndarray = (np.sqrt(abar) * lane.edit.image + np.sqrt(1.0 - abar) * noise).astype(np.float32)
+        noised: np.ndarray = (np.sqrt(abar) * edit.image + np.sqrt(1.0 - abar) * noise).astype(np.float32)
         return noised
 
     def _compute(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray, float]:

@@ -52,6 +52,16 @@ def _check_label(v: int | None, info: ValidationInfo, *, none_means: str = "unco
     return v
 
 
+def _check_cost(field: str, what: str, count: int, steps: int, rows: int, limits: Limits) -> None:
+    """A diffusion request's network rows, `count` x steps x rows, within the server's cap."""
+    cost = count * steps * rows
+    if cost > limits.max_cost:
+        raise ValueError(
+            f"request cost {field} x steps x rows = {count} x {steps} x {rows} = {cost} exceeds the limit "
+            f"{limits.max_cost}; ask for fewer {what} or steps"
+        )
+
+
 class _GenerateBase(BaseModel):
     model_config = STRICT
 
@@ -193,14 +203,7 @@ class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
 
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionGenerateRequest:
-        limits = _ctx(info)[1]
-        rows = network_rows(self.label, self.guidance)
-        cost = self.n * self.steps * rows
-        if cost > limits.max_cost:
-            raise ValueError(
-                f"request cost n x steps x rows = {self.n} x {self.steps} x {rows} = {cost} exceeds the limit "
-                f"{limits.max_cost}; ask for fewer images or steps"
-            )
+        _check_cost("n", "images", self.n, self.steps, network_rows(self.label, self.guidance), _ctx(info)[1])
         return self
 
     def to_job(self, deadline: float | None = None) -> DiffusionJob:
@@ -547,14 +550,7 @@ class DiffusionInterpolateRequest(_Frames, _DiffusionSampling):
 
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionInterpolateRequest:
-        limits = _ctx(info)[1]
-        rows = network_rows(self.label, self.guidance)
-        cost = self.frames * self.steps * rows
-        if cost > limits.max_cost:
-            raise ValueError(
-                f"request cost frames x steps x rows = {self.frames} x {self.steps} x {rows} = {cost} exceeds the "
-                f"limit {limits.max_cost}; ask for fewer frames or steps"
-            )
+        _check_cost("frames", "frames", self.frames, self.steps, network_rows(self.label, self.guidance), _ctx(info)[1])
         return self
 
     def to_job(self, initial: np.ndarray) -> DiffusionJob:
