@@ -21,7 +21,7 @@ from fastapi import FastAPI, Request
 from deployments.http import MAX_BODY_BYTES, parse_request
 from service import density, latents
 from service.cards import ModelCard
-from service.images import encode_pngs
+from service.images import encode_images
 from service.inputs import MAX_IMAGE_BASE64_CHARS, decode_image, decode_images, to_network
 from service.registry import LoadedModel
 from service.schemas import (
@@ -77,10 +77,16 @@ def _timings(started: float) -> Timings:
     return Timings(queue_seconds=0.0, compute_seconds=took, total_seconds=took)
 
 
-def _pngs(model: LoadedModel, images: np.ndarray, grid: bool) -> tuple[list[str], str | None]:
-    pngs, tiled = encode_pngs(images, model.card.image.value_range, grid)
-    b64 = [base64.b64encode(p).decode("ascii") for p in pngs]
-    return b64, base64.b64encode(tiled).decode("ascii") if tiled is not None else None
+def _images(model: LoadedModel, images: np.ndarray, started: float, req: Any) -> ImagesResponse:
+    """Network output as the answer to `req` (its grid, output_format and quality)."""
+    files, tiled = encode_images(images, model.card.image.value_range, req.grid, req.output_format, req.quality)
+    return ImagesResponse(
+        model=model.card.name,
+        output_format=req.output_format,
+        images=[base64.b64encode(f).decode("ascii") for f in files],
+        grid_base64=base64.b64encode(tiled).decode("ascii") if tiled is not None else None,
+        timings=_timings(started),
+    )
 
 
 def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, limits: Limits) -> None:
@@ -165,13 +171,12 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
         async def reconstruct(request: Request) -> ImagesResponse:
             req, deadline, started = await parsed(request, ReconstructRequest)
 
-            def work(check: Check) -> tuple[list[str], str | None]:
+            def work(check: Check) -> ImagesResponse:
                 mean, _ = latents.encode(model, images_of(req.images), req.label)
                 check()
-                return _pngs(model, latents.decode(model, mean, req.label), req.grid)
+                return _images(model, latents.decode(model, mean, req.label), started, req)
 
-            pngs, grid = await backend.compute(work, deadline, "reconstruct")
-            return ImagesResponse(model=card.name, images=pngs, grid_png_base64=grid, timings=_timings(started))
+            return await backend.compute(work, deadline, "reconstruct")
 
     if "/interpolate" in routes and card.family != "diffusion":  # diffusion's is in deployments.routes
 
@@ -179,7 +184,7 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
         async def interpolate(request: Request) -> ImagesResponse:
             req, deadline, started = await parsed(request, InterpolateRequest)
 
-            def work(check: Check) -> tuple[list[str], str | None]:
+            def work(check: Check) -> ImagesResponse:
                 if req.from_image is not None:
                     pair = np.stack([decode_image(req.from_image, card, "from_image"),
                                      decode_image(req.to_image, card, "to_image")])  # fmt: skip
@@ -188,7 +193,6 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
                 else:
                     a, b = latents.seed_latent(model, req.from_seed), latents.seed_latent(model, req.to_seed)
                 frames = latents.decode(model, latents.slerp(a, b, req.frames), req.label)
-                return _pngs(model, frames, req.grid)
+                return _images(model, frames, started, req)
 
-            pngs, grid = await backend.compute(work, deadline, "interpolate")
-            return ImagesResponse(model=card.name, images=pngs, grid_png_base64=grid, timings=_timings(started))
+            return await backend.compute(work, deadline, "interpolate")

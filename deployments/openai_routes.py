@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import io
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,14 +20,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from PIL import Image
 from starlette.datastructures import UploadFile
 
 from deployments.http import ERROR_CODE_HEADER, parse_request, sse
 from service import openai_images
 from service.cards import ModelCard
 from service.errors import GenserveError, InvalidRequest, ModelNotFound, Overloaded
-from service.inputs import decode_file, open_checked, to_network
+from service.images import ImageFormat, transcode
+from service.inputs import decode_file, load_file, to_network
 from service.jobs import Edit, Job
 from service.schemas import REQUEST_SCHEMAS
 from service.settings import Limits
@@ -54,17 +53,8 @@ def from_genserve(e: GenserveError) -> JSONResponse:
     return openai_error(status, e.message, e.field, e.reason, headers)
 
 
-def transcode(png: bytes, fmt: str, quality: int | None) -> bytes:
-    if fmt == "png":
-        return png
-    out = io.BytesIO()
-    image = Image.open(io.BytesIO(png))
-    image.save(out, format=fmt.upper(), quality=quality if quality is not None else 90)
-    return out.getvalue()
-
-
 async def openai_events(
-    first: dict[str, Any], events: AsyncIterator[dict[str, Any]], card: ModelCard, fmt: str, quality: int | None
+    first: dict[str, Any], events: AsyncIterator[dict[str, Any]], card: ModelCard, fmt: ImageFormat, quality: int | None
 ) -> AsyncIterator[bytes]:
     """The replica's events as OpenAI's image generation stream: partial images, then one
     completed event per image; an error mid-stream becomes an `error` event."""
@@ -92,7 +82,7 @@ async def openai_events(
 
 
 def images_response(
-    pngs: list[bytes], seconds: float, job: Job, card: ModelCard, fmt: str, quality: int | None
+    pngs: list[bytes], seconds: float, job: Job, card: ModelCard, fmt: ImageFormat, quality: int | None
 ) -> JSONResponse:
     """OpenAI's images response (`created`, `data` of `b64_json`), genserve's fields beside it."""
     data = [
@@ -156,6 +146,12 @@ def add_openai_edit_route(app: FastAPI, cards: dict[str, ModelCard], forward: Fo
 
     @app.post(
         "/v1/images/edits",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": openai_images.edit_form_schema()}},
+            }
+        },
         description="OpenAI's image edits (multipart): `image`, optional `mask` (transparent = edit), `prompt` "
         "(a label), `model` (a diffusion model); genserve's `strength`, `seed`, `steps`, `sampler`, `guidance`.",
     )
@@ -184,7 +180,7 @@ def add_openai_edit_route(app: FastAPI, cards: dict[str, ModelCard], forward: Fo
             image = to_network(decode_file(await images[0].read(), card, "image")[None], card)[0]
             mask = None
             if masks:
-                opened = open_checked(await masks[0].read(), card, "mask")
+                opened = load_file(await masks[0].read(), card, "mask")
                 mask = openai_images.mask_from_alpha(opened, card)
             strength = req.strength if req.strength is not None else (1.0 if mask is not None else 0.6)
             validated = parse_request(json.dumps(body).encode(), REQUEST_SCHEMAS[card.family], card, limits)

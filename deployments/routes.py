@@ -34,6 +34,7 @@ from deployments.openai_routes import (
 from service import latents
 from service.cards import ModelCard
 from service.errors import GenserveError, ModelNotFound, Overloaded
+from service.images import ImageFormat, transcode
 from service.inputs import decode_image, to_network
 from service.jobs import Edit, Job
 from service.registry import LoadedModel
@@ -103,26 +104,34 @@ class ModelBackend(Protocol):
         ...
 
 
-def generate_response(name: str, seed: int, out: Images) -> GenerateResponse:
-    images = [
-        GeneratedImage(png_base64=base64.b64encode(p).decode("ascii"), seed=seed, index=i)
-        for i, p in enumerate(out.pngs)
-    ]
+def generate_response(name: str, seed: int, out: Images, req: Any) -> GenerateResponse:
+    """The JSON answer to `req` (anything with `output_format` and `quality`): the replica's PNGs
+    in the format asked for."""
+    fmt, quality = req.output_format, req.quality
+
+    def b64(png: bytes) -> str:
+        return base64.b64encode(transcode(png, fmt, quality)).decode("ascii")
+
+    images = [GeneratedImage(image_base64=b64(p), seed=seed, index=i) for i, p in enumerate(out.pngs)]
     timings = Timings(
         queue_seconds=out.queue_seconds,
         compute_seconds=out.total_seconds - out.queue_seconds,
         total_seconds=out.total_seconds,
     )
-    grid = base64.b64encode(out.grid).decode("ascii") if out.grid is not None else None
-    return GenerateResponse(model=name, images=images, grid_png_base64=grid, timings=timings)
+    grid = b64(out.grid) if out.grid is not None else None
+    return GenerateResponse(model=name, output_format=fmt, images=images, grid_base64=grid, timings=timings)
 
 
-async def stream_events(first: dict[str, Any], events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def stream_events(
+    first: dict[str, Any], events: AsyncIterator[dict[str, Any]], fmt: ImageFormat = "png", quality: int | None = None
+) -> AsyncIterator[bytes]:
     """A replica's `generate_stream` events as genserve's server-sent events: `accepted`,
-    `progress` {step, total}, `preview` {step, images}, `image` {index, png_base64, seed}, then
-    `done` {timings}; an error after the stream began is an `error` event with the usual body."""
+    `progress` {step, total}, `preview` {step, images} (always PNG), `image` {index, image_base64,
+    seed} (in `fmt`), then `done` {timings}; an error after the stream began is an `error` event
+    with the usual body."""
     seed = first.get("seed")
-    yield sse("accepted", {"seed": seed, "label": first.get("label"), "total": first.get("total")})
+    accepted = {"seed": seed, "label": first.get("label"), "total": first.get("total"), "output_format": fmt}
+    yield sse("accepted", accepted)
     try:
         async for e in events:
             if e["type"] == "progress":
@@ -131,8 +140,8 @@ async def stream_events(first: dict[str, Any], events: AsyncIterator[dict[str, A
                 b64 = [base64.b64encode(p).decode("ascii") for p in e["pngs"]]
                 yield sse("preview", {"step": e["step"], "images": b64})
             elif e["type"] == "image":
-                png = base64.b64encode(e["png"]).decode("ascii")
-                yield sse("image", {"index": e["index"], "png_base64": png, "seed": seed})
+                data = base64.b64encode(transcode(e["png"], fmt, quality)).decode("ascii")
+                yield sse("image", {"index": e["index"], "image_base64": data, "seed": seed})
             elif e["type"] == "done":
                 total, queue = e["seconds"], e["queue_seconds"]
                 timings = {"queue_seconds": queue, "compute_seconds": total - queue, "total_seconds": total}
@@ -168,9 +177,10 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
         if req.stream or "text/event-stream" in request.headers.get("accept", ""):
             events = backend.generate_stream(job, deadline, 0, getattr(req, "preview_every", 0))
             first = await anext(events)  # admission: a refusal is still an HTTP error
-            return StreamingResponse(stream_events(first, events), media_type="text/event-stream")
+            body = stream_events(first, events, req.output_format, req.quality)
+            return StreamingResponse(body, media_type="text/event-stream")
         out = await backend.generate(job, deadline, req.grid)
-        return generate_response(card.name, job.seed, out)
+        return generate_response(card.name, job.seed, out, req)
 
     @app.post("/generate", response_model=GenerateResponse)
     async def generate(request: Request) -> GenerateResponse | StreamingResponse:
@@ -208,11 +218,12 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
             a, b = latents.seed_noise(shape, req.from_seed), latents.seed_noise(shape, req.to_seed)
             initial = latents.slerp(a, b, req.frames).reshape(req.frames, *shape).astype(np.float32)
             out = await backend.generate(req.to_job(initial), deadline, req.grid)
-            frames = generate_response(card.name, req.from_seed, out)
+            frames = generate_response(card.name, req.from_seed, out, req)
             return ImagesResponse(
                 model=card.name,
-                images=[im.png_base64 for im in frames.images],
-                grid_png_base64=frames.grid_png_base64,
+                output_format=frames.output_format,
+                images=[im.image_base64 for im in frames.images],
+                grid_base64=frames.grid_base64,
                 timings=frames.timings,
             )
 

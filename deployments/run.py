@@ -44,7 +44,7 @@ def main() -> None:
         "\nor decode the first image to a file:\n\n"
         f"  curl -s {url}/v1/models/diffusion/generate -H 'content-type: application/json' -d '{json.dumps(EXAMPLE)}' \\\n"
         "    | python3 -c 'import sys, json, base64; "
-        'open("digit.png", "wb").write(base64.b64decode(json.load(sys.stdin)["images"][0]["png_base64"]))\'\n'
+        'open("digit.png", "wb").write(base64.b64decode(json.load(sys.stdin)["images"][0]["image_base64"]))\'\n'
     )
     try:
         while True:

@@ -82,14 +82,14 @@ def make_app(model_dir: Path, empty: bool = False) -> FastAPI:
         if empty:
             return {
                 "model": name,
-                "images": [{"png_base64": blank, "seed": body.seed, "index": i} for i in range(body.n)],
+                "images": [{"image_base64": blank, "seed": body.seed, "index": i} for i in range(body.n)],
             }
         model = models.get(name)
         if model is None:
             raise HTTPException(404, f"no model {name!r}")
         pngs, _ = encode_pngs(model.generate(body), model.card.image.value_range)
         images = [
-            {"png_base64": base64.b64encode(p).decode("ascii"), "seed": body.seed, "index": i}
+            {"image_base64": base64.b64encode(p).decode("ascii"), "seed": body.seed, "index": i}
             for i, p in enumerate(pngs)
         ]
         return {"model": name, "images": images}

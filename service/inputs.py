@@ -88,15 +88,20 @@ def open_checked(data: bytes, card: ModelCard, field: str) -> Image.Image:
     return _open(data, field, h, w)
 
 
-def decode_file(data: bytes, card: ModelCard, field: str) -> np.ndarray:
-    """One PNG/JPEG file's bytes -> (H, W, C) uint8 of the card's shape, as `decode_image`."""
-    c, h, w = card.image_shape
-    img = _open(data, field, h, w)
+def load_file(data: bytes, card: ModelCard, field: str) -> Image.Image:
+    """A PNG/JPEG file of the card's size with its pixels decoded: truncated or corrupt pixel
+    data is refused naming `field`, not raised later by whoever reads the pixels."""
+    img = open_checked(data, card, field)
     try:
         img.load()
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt pixel data
+    except (OSError, SyntaxError, ValueError) as e:
         raise _refuse(field, f"cannot decode the image ({e})") from None
-    return _to_channels(img, c, field)
+    return img
+
+
+def decode_file(data: bytes, card: ModelCard, field: str) -> np.ndarray:
+    """One PNG/JPEG file's bytes -> (H, W, C) uint8 of the card's shape, as `decode_image`."""
+    return _to_channels(load_file(data, card, field), card.image_shape[0], field)
 
 
 def to_network(pixels: np.ndarray, card: ModelCard) -> np.ndarray:

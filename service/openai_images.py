@@ -147,6 +147,18 @@ class ImagesEditRequest(BaseModel):
     eta: float | None = None
 
 
+def edit_form_schema() -> dict[str, Any]:
+    """The edit route's multipart form for OpenAPI: the fields above, and the two files."""
+    schema = ImagesEditRequest.model_json_schema()
+    schema["properties"] = {
+        "image": {"type": "string", "format": "binary", "description": "PNG or JPEG of the model's size."},
+        "mask": {"type": "string", "format": "binary", "description": "PNG with alpha: alpha 0 is regenerated."},
+        **schema["properties"],
+    }
+    schema["required"] = ["image", *schema.get("required", [])]
+    return schema
+
+
 def parse_edit(fields: dict[str, str]) -> ImagesEditRequest:
     """Form fields (strings) -> request, or InvalidRequest naming the first bad one."""
     try:

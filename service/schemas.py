@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.cards import ModelCard
+from service.images import ImageFormat
 from service.inputs import MAX_IMAGE_BASE64_CHARS
 from service.jobs import MIN_TRUNCATION, DiffusionJob, LatentJob, network_rows
 from service.samplers import SAMPLERS, SamplerName
@@ -62,7 +63,26 @@ def _check_cost(field: str, what: str, count: int, steps: int, rows: int, limits
         )
 
 
-class _GenerateBase(BaseModel):
+class _Encoded(BaseModel):
+    """How a request's images come back: the file format, its quality, and an optional grid."""
+
+    model_config = STRICT
+
+    grid: bool = Field(False, description="Also return all images tiled into one image (`grid_base64`).")
+    output_format: ImageFormat = Field("png", description="File format of every image: png (lossless), jpeg, webp.")
+    quality: int | None = Field(
+        None, ge=1, le=100, description="JPEG/WebP quality, 1-100 (90 if omitted); png is lossless and takes none."
+    )
+
+    @field_validator("quality")
+    @classmethod
+    def _quality_is_lossy(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("output_format", "png") == "png":
+            raise ValueError("quality applies to jpeg and webp; png is lossless")
+        return v
+
+
+class _GenerateBase(_Encoded):
     model_config = STRICT
 
     n: int = Field(1, ge=1, description="Number of images.")
@@ -70,7 +90,6 @@ class _GenerateBase(BaseModel):
     label: int | None = Field(
         None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
     )
-    grid: bool = Field(False, description="Also return all images tiled into one PNG (`grid_png_base64`).")
     stream: bool = Field(
         False,
         description="Answer with server-sent events (also with `Accept: text/event-stream`): diffusion progress "
@@ -227,9 +246,10 @@ REQUEST_SCHEMAS: dict[str, type[_GenerateBase]] = {
 
 
 class GeneratedImage(BaseModel):
-    """One image: PNG bytes in base64, the request seed and the image's index under it."""
+    """One image: its file (the request's `output_format`) in base64, the request seed and the
+    image's index under it."""
 
-    png_base64: str
+    image_base64: str
     seed: int
     index: int
 
@@ -242,10 +262,9 @@ class Timings(BaseModel):
 
 class GenerateResponse(BaseModel):
     model: str
+    output_format: ImageFormat = Field(description="File format of `images` and the grid.")
     images: list[GeneratedImage]
-    grid_png_base64: str | None = Field(
-        None, description="The images tiled into one PNG, when the request asked for `grid`."
-    )
+    grid_base64: str | None = Field(None, description="The images tiled into one, when the request asked for `grid`.")
     timings: Timings
 
 
@@ -388,17 +407,15 @@ class EncodeRequest(_ImagesIn):
         return _check_label(v, info)
 
 
-class ReconstructRequest(EncodeRequest):
+class ReconstructRequest(EncodeRequest, _Encoded):
     """Each image decoded from its posterior mean."""
 
     model_config = ConfigDict(
         **STRICT, json_schema_extra={"examples": [{"images": [_DIGIT], "label": 0, "grid": True}]}
     )
 
-    grid: bool = Field(False, description="Also return the images tiled into one PNG.")
 
-
-class _Frames(BaseModel):
+class _Frames(_Encoded):
     """What every interpolation asks for: how many frames, decoded with which label, tiled or not."""
 
     model_config = STRICT
@@ -407,7 +424,6 @@ class _Frames(BaseModel):
     label: int | None = Field(
         None, ge=0, validate_default=True, description="Label the frames are made (and images encoded) with."
     )
-    grid: bool = Field(False, description="Also return the frames tiled into one PNG.")
 
     @field_validator("label")
     @classmethod
@@ -494,11 +510,12 @@ class EncodeResponse(BaseModel):
 
 
 class ImagesResponse(BaseModel):
-    """Images a request derived (reconstructions, interpolation frames), base64 PNG in order."""
+    """Images a request derived (reconstructions, interpolation frames), base64 files in order."""
 
     model: str
+    output_format: ImageFormat = Field(description="File format of `images` and the grid.")
     images: list[str]
-    grid_png_base64: str | None = None
+    grid_base64: str | None = None
     timings: Timings
 
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from deployments.routes import Images, catalog_app, model_app
+from deployments.routes import Images, catalog_app, model_app, stream_events
 from service.cards import ModelCard
 from service.errors import DeadlineExceeded
 from service.images import decode_png, png_bytes
@@ -103,13 +103,50 @@ def test_encode_reconstruct_and_interpolate(vae: TestClient, gan: TestClient) ->
     enc = vae.post("/v1/models/vae/encode", json={"images": [digit_png()] * 3, "label": 1}).json()
     assert len(enc["mean"]) == 3 and len(enc["std"][0]) == 16 and min(enc["std"][0]) > 0
     rec = vae.post("/v1/models/vae/reconstruct", json={"images": [digit_png()], "grid": True}).json()
-    assert decode_png(base64.b64decode(rec["images"][0])).shape == (28, 28, 1) and rec["grid_png_base64"]
+    assert decode_png(base64.b64decode(rec["images"][0])).shape == (28, 28, 1) and rec["grid_base64"]
     frames = vae.post(
         "/v1/models/vae/interpolate", json={"from_image": digit_png(0), "to_image": digit_png(1), "frames": 4}
     ).json()
     assert len(frames["images"]) == 4
     seeds = gan.post("/v1/models/gan/interpolate", json={"from_seed": 1, "to_seed": 2, "frames": 6, "label": 3})
     assert seeds.status_code == 200 and len(seeds.json()["images"]) == 6
+
+
+def test_image_answers_come_in_the_format_asked_for(vae: TestClient, gan: TestClient) -> None:
+    body = {"images": [digit_png(0), digit_png(1)], "label": 1, "grid": True}
+    png = vae.post("/v1/models/vae/reconstruct", json=body).json()
+    webp = vae.post("/v1/models/vae/reconstruct", json={**body, "output_format": "webp", "quality": 95}).json()
+    assert (png["output_format"], webp["output_format"]) == ("png", "webp")
+    for a, b in zip(png["images"] + [png["grid_base64"]], webp["images"] + [webp["grid_base64"]], strict=True):
+        lossless, lossy = base64.b64decode(a), base64.b64decode(b)
+        assert lossy[:4] == b"RIFF" and lossy[8:12] == b"WEBP"
+        diff = decode_png(lossy)[:, :, :1].astype(int) - decode_png(lossless).astype(int)  # same pixels, near
+        assert np.abs(diff).mean() < 6
+    frames = gan.post("/v1/models/gan/interpolate", json={"from_seed": 1, "to_seed": 2, "frames": 3,
+                                                          "output_format": "jpeg"}).json()  # fmt: skip
+    assert frames["output_format"] == "jpeg" and all(
+        base64.b64decode(f)[:3] == b"\xff\xd8\xff" for f in frames["images"]
+    )
+    refused = gan.post("/v1/models/gan/interpolate", json={"from_seed": 1, "to_seed": 2, "quality": 50})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "quality"
+
+
+def test_a_stream_sends_previews_as_png_and_the_images_in_the_format_asked_for() -> None:
+    png = png_bytes(np.full((28, 28, 1), 120, np.uint8))
+
+    async def replica_events() -> Any:
+        yield {"type": "preview", "step": 5, "pngs": [png]}
+        yield {"type": "image", "index": 0, "png": png}
+        yield {"type": "done", "seconds": 0.2, "queue_seconds": 0.05}
+
+    async def collect() -> list[bytes]:
+        return [e async for e in stream_events({"seed": 3, "total": 10}, replica_events(), "jpeg", 80)]
+
+    events = [json.loads(e.split(b"data: ", 1)[1]) for e in asyncio.run(collect())]
+    assert events[0]["output_format"] == "jpeg"
+    assert base64.b64decode(events[1]["images"][0]) == png
+    assert base64.b64decode(events[2]["image_base64"])[:3] == b"\xff\xd8\xff" and events[2]["seed"] == 3
+    assert events[3]["timings"]["compute_seconds"] == pytest.approx(0.15)
 
 
 def test_the_gan_has_no_encoder_routes_and_refuses_image_endpoints(gan: TestClient) -> None:

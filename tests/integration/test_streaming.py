@@ -41,9 +41,9 @@ def test_a_50_step_stream_shows_monotone_progress_previews_and_the_plain_request
     assert steps == list(range(1, 51))  # every step, in order
     previews = [d for k, d in seen if k == "preview"]
     assert [p["step"] for p in previews] == [10, 20, 30, 40] and all(len(p["images"]) == 2 for p in previews)
-    streamed = [d["png_base64"] for k, d in seen if k == "image"]
+    streamed = [d["image_base64"] for k, d in seen if k == "image"]
     plain = generate(server, "diffusion", {"n": 2, "steps": 50, "seed": 13, "label": 6}).json()
-    assert streamed == [im["png_base64"] for im in plain["images"]]  # the same bytes as without streaming
+    assert streamed == [im["image_base64"] for im in plain["images"]]  # the same bytes as without streaming
 
 
 def queue_depth(metrics_url: str) -> float:

@@ -8,7 +8,14 @@ import pytest
 from pydantic import ValidationError
 
 from service.cards import ModelCard, load_card
-from service.schemas import DiffusionGenerateRequest, GanGenerateRequest, ModelInfo, VaeGenerateRequest
+from service.schemas import (
+    DiffusionGenerateRequest,
+    GanGenerateRequest,
+    InterpolateRequest,
+    ModelInfo,
+    ReconstructRequest,
+    VaeGenerateRequest,
+)
 from service.settings import Limits
 
 
@@ -39,6 +46,15 @@ def test_every_family_accepts_the_grid_flag() -> None:
     assert DiffusionGenerateRequest(grid=True).grid and not DiffusionGenerateRequest().grid
 
 
+def test_every_image_answering_request_takes_a_format_and_quality() -> None:
+    for cls in (GanGenerateRequest, VaeGenerateRequest, DiffusionGenerateRequest, ReconstructRequest,
+                InterpolateRequest):  # fmt: skip
+        assert "output_format" in cls.model_fields and "quality" in cls.model_fields, cls
+    req = DiffusionGenerateRequest(output_format="webp", quality=60)
+    assert (req.output_format, req.quality) == ("webp", 60)
+    assert (GanGenerateRequest().output_format, GanGenerateRequest().quality) == ("png", None)
+
+
 def test_a_missing_seed_is_drawn_and_reported() -> None:
     seeds = {GanGenerateRequest().to_job().seed for _ in range(5)}
     assert len(seeds) == 5 and all(0 <= s < 2**63 for s in seeds)
@@ -57,6 +73,9 @@ def test_a_missing_seed_is_drawn_and_reported() -> None:
         ({"seed": 2**63}, "seed", "less than or equal to"),
         ({"n": "three"}, "n", "valid integer"),
         ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+        ({"output_format": "gif"}, "output_format", "'png', 'jpeg' or 'webp'"),
+        ({"output_format": "jpeg", "quality": 0}, "quality", "greater than or equal to 1"),
+        ({"quality": 80}, "quality", "quality applies to jpeg and webp; png is lossless"),
     ],
 )
 def test_bad_fields_are_named(diffusion_card: ModelCard, body: dict[str, object], field: str, message: str) -> None:
