@@ -6,10 +6,10 @@ SERVE_VENV := .venv-serve
 
 .PHONY: test serve lint typecheck bench bench-core chaos loadtest clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[train,dev]'
+	$(VENV)/bin/pip install -q -e '.[train,dev]' -e ./client
 	$(VENV)/bin/python scripts/check_env.py
 	touch $@
 
@@ -22,13 +22,13 @@ $(SERVE_VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	bash scripts/ensure_prometheus.sh
-	$(VENV)/bin/ruff check service deployments training tests loadtests
+	$(VENV)/bin/ruff check service deployments training tests loadtests client
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check service deployments training tests loadtests
-	$(VENV)/bin/ruff format --check service deployments training tests loadtests
+	$(VENV)/bin/ruff check service deployments training tests loadtests client
+	$(VENV)/bin/ruff format --check service deployments training tests loadtests client
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

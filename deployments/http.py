@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.auth import authorized, load_api_keys
+from service.auth import KeyRing, authorized
 from service.cards import ModelCard
 from service.errors import GenserveError, InvalidRequest, Overloaded
 from service.schemas import ErrorDetail, ErrorResponse
@@ -154,12 +154,13 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.keys = load_api_keys()
+        self.ring = KeyRing()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.keys and _route_path(scope) not in OPEN_PATHS:
+        keys = self.ring.keys()
+        if scope["type"] == "http" and keys and _route_path(scope) not in OPEN_PATHS:
             header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1") or None
-            if not authorized(header, self.keys):
+            if not authorized(header, keys):
                 resp = error_response(401, "unauthorized", "unauthorized", headers={"WWW-Authenticate": "Bearer"})
                 await resp(scope, receive, send)
                 return

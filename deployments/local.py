@@ -19,7 +19,7 @@ from typing import Any
 
 from deployments.app import ServedApp, build_apps, model_app_name, model_deployment_name
 from deployments.http import MAX_BODY_BYTES
-from service.auth import load_api_keys
+from service.auth import KeyRing, load_api_keys
 from service.settings import Settings
 
 HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy" / "haproxy-genserve"
@@ -37,7 +37,7 @@ def ray_environment(
       a request the replica is still allowed to finish (the replica answers 504 at its deadline).
     - HAProxy runs through `haproxy/haproxy-genserve`, which binds its stats and Prometheus
       listeners to loopback in local mode, refuses declared bodies over the limit itself, and
-      closes Ray's /-/routes and /-/healthz when auth is on.
+      closes Ray's /-/routes and /-/healthz when auth is on (or can come on: a keys file).
     - On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report
       ready, and the controller then restarts it in a loop.
     """
@@ -53,7 +53,7 @@ def ray_environment(
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
         "GENSERVE_HAPROXY_REAL": get_haproxy_binary(),
         "GENSERVE_HAPROXY_LOOPBACK": "1" if loopback else "0",
-        "GENSERVE_HAPROXY_CLOSE_SYSTEM_ROUTES": "1" if load_api_keys() else "0",
+        "GENSERVE_HAPROXY_CLOSE_SYSTEM_ROUTES": "1" if load_api_keys() or KeyRing().watched else "0",
         "GENSERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",

@@ -2,16 +2,26 @@
 
 Off when no key is configured (local `make serve`); on in the compose and cluster configs.
 Comparison is constant-time against every key, so timing tells nothing about a near miss.
+The secrets file is re-read when it changes (`KeyRing`), so keys rotate without a restart;
+replace it atomically (write a new file, then rename it over the old), as a mounted Kubernetes
+Secret is.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 KEYS_ENV = "GENSERVE_API_KEYS"
 KEYS_FILE_ENV = "GENSERVE_API_KEYS_FILE"
+
+
+def _file_keys(path: str) -> list[str]:
+    lines = Path(path).read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
 def load_api_keys(environ: dict[str, str] | None = None) -> list[str]:
@@ -19,11 +29,50 @@ def load_api_keys(environ: dict[str, str] | None = None) -> list[str]:
     env = os.environ if environ is None else environ
     keys = [k.strip() for k in env.get(KEYS_ENV, "").split(",") if k.strip()]
     path = env.get(KEYS_FILE_ENV)
-    if path:
-        keys += [
-            line.strip() for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")
-        ]
-    return keys
+    return keys + _file_keys(path) if path else keys
+
+
+class KeyRing:
+    """The configured keys, the secrets file's re-read whenever it has changed, looked at no more
+    than once per `recheck_s`. A file that cannot be read later keeps the keys last read (a
+    rotation never opens the server up by accident); one missing at start is an error."""
+
+    def __init__(
+        self,
+        environ: dict[str, str] | None = None,
+        recheck_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        self._env_keys = [k.strip() for k in env.get(KEYS_ENV, "").split(",") if k.strip()]
+        self._path = env.get(KEYS_FILE_ENV) or None
+        self._recheck_s, self._clock = recheck_s, clock
+        self._stamp: tuple[int, int, int] | None = None
+        self._file: list[str] = []
+        self._checked = clock()
+        if self._path:
+            self._stamp, self._file = self._stamp_of(self._path), _file_keys(self._path)
+
+    @staticmethod
+    def _stamp_of(path: str) -> tuple[int, int, int]:
+        st = os.stat(path)
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    @property
+    def watched(self) -> bool:
+        """Whether keys can change while serving (a secrets file is configured)."""
+        return self._path is not None
+
+    def keys(self) -> list[str]:
+        if self._path and self._clock() - self._checked >= self._recheck_s:
+            self._checked = self._clock()
+            try:
+                stamp = self._stamp_of(self._path)
+                if stamp != self._stamp:
+                    self._file, self._stamp = _file_keys(self._path), stamp
+            except OSError:
+                pass  # keep the keys last read
+        return self._env_keys + self._file
 
 
 def authorized(header: str | None, keys: list[str]) -> bool:
