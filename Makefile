@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 SERVE_VENV := .venv-serve
 
-.PHONY: test serve lint typecheck bench bench-core chaos loadtest clean
+.PHONY: test serve lint typecheck bench bench-core chaos loadtest screenshots clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,8 @@ $(SERVE_VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	bash scripts/ensure_prometheus.sh
+	bash scripts/ensure_package.sh prometheus prometheus
+	bash scripts/ensure_package.sh chromium chromium
 	$(VENV)/bin/ruff check service deployments training tests loadtests client
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
@@ -32,6 +33,11 @@ lint: $(VENV)/.installed
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy
+
+# The playground's screenshots in README and docs: its browser test, writing them to docs/figures.
+screenshots: $(VENV)/.installed
+	bash scripts/ensure_package.sh chromium chromium
+	GENSERVE_SCREENSHOTS_DIR=$(CURDIR)/docs/figures $(VENV)/bin/python -m pytest -q tests/integration/test_playground.py
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m deployments.run

@@ -31,7 +31,9 @@ MAX_BODY_BYTES = 64 * 1024
 # Request line and headers together; HAProxy in front refuses (400) beyond its 16 KiB buffer.
 MAX_HEADER_BYTES = 8 * 1024
 MAX_ERRORS_SHOWN = 5
-OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")
+# Answered without a token even when auth is on: health checks, and the API's description and
+# playground page (which hold no data; the requests they make carry the token).
+OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/docs", "/openapi.json", "/playground")
 ERROR_CODE_HEADER = "x-error-code"
 
 ErrorRecorder = Callable[[str], None]
@@ -205,6 +207,43 @@ def parse_request(raw: bytes, schema: type[BaseModel], card: ModelCard, limits: 
         raise InvalidRequest(message, field=field) from None
 
 
+UNAUTHORIZED_DOC = {
+    "description": "No valid bearer token, when the server has keys (`GENSERVE_API_KEYS`).",
+    "content": {
+        "application/json": {
+            "example": {"error": {"code": "unauthorized", "message": "unauthorized", "field": None}},
+        }
+    },
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+}
+
+
+def document_auth(app: FastAPI) -> None:
+    """OpenAPI gains a bearer scheme (`/docs` shows Authorize) that every route outside
+    OPEN_PATHS asks for, optionally, since auth is off without keys; and their 401."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["bearerAuth"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "One of the server's keys (GENSERVE_API_KEYS); not needed when it has none.",
+            }
+            for path, operations in schema["paths"].items():
+                if path in OPEN_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearerAuth": []}, {}]
+                    operation.setdefault("responses", {})["401"] = UNAUTHORIZED_DOC
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def make_app(
     title: str,
     record: ErrorRecorder,
@@ -230,6 +269,9 @@ def make_app(
     app.add_middleware(HeaderLimit)
     app.add_middleware(PrefixRoot)
     app.add_middleware(CountErrors, record=record)  # added last, so it runs first
+
+    if docs:
+        document_auth(app)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

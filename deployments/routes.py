@@ -13,11 +13,12 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request, sse
@@ -232,6 +233,7 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
 
 
 ReadyProbe = Callable[[str], Awaitable[dict[str, str]]]
+PLAYGROUND = Path(__file__).with_name("playground.html")
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -263,6 +265,13 @@ def catalog_app(
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    playground = PLAYGROUND.read_text()
+
+    @app.get("/playground", include_in_schema=False)
+    async def playground_page() -> HTMLResponse:
+        """The playground: one page of plain HTML and JavaScript calling the routes above."""
+        return HTMLResponse(playground, headers={"Cache-Control": "no-cache"})
 
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:

@@ -371,10 +371,9 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
     if args.out:
-        from loadtests.bench_report import markdown
+        from loadtests.bench_report import write
 
-        before = json.loads(args.before.read_text()) if args.before else None
-        args.out.write_text(markdown(report, before))
+        write(report, json.loads(args.before.read_text()) if args.before else None, args.out)
     print(json.dumps(report["ratios"], indent=1))
 
 

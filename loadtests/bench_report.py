@@ -1,12 +1,13 @@
 """Markdown for `make bench`'s JSON report (see loadtests/bench.py); every figure comes from the JSON.
 
-python -m loadtests.bench_report docs/benchmarks.json docs/benchmarks.md   # re-render only
+python -m loadtests.bench_report docs/benchmarks.json docs/benchmarks.md \
+    --before docs/benchmarks-before.json   # re-render the report and its figure only
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,66 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return lines
 
 
+LATENCY_FIGURE = "figures/latency-vs-load.png"  # beside the report
+
+
+def plot_latency(report: dict[str, Any], out: Path) -> None:
+    """Latency against offered load, one panel per workload, one colour per peer: p50 solid,
+    p99 dashed, both on a log scale (the figures of the tables below the picture)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = list(report["workloads"])
+    fig, axes = plt.subplots(1, len(workloads), figsize=(4.2 * len(workloads), 3.8), dpi=110, squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    peers = _peers(report)
+    handles: dict[str, Any] = {}
+    for ax, workload in zip(axes[0], workloads, strict=True):
+        for i, peer in enumerate(peers):
+            result = report["peers"][peer]["results"].get(workload)
+            if not result or not result.get("ladder"):
+                continue
+            ladder_points = sorted(result["ladder"], key=lambda x: x["rate"])
+            rates = [x["rate"] for x in ladder_points]
+            colour = colours[i % len(colours)]
+            (handles[peer],) = ax.plot(rates, [x["summary"]["p50"] * 1000 for x in ladder_points], "o-", color=colour)
+            ax.plot(rates, [x["summary"]["p99"] * 1000 for x in ladder_points], "o--", color=colour, alpha=0.6)
+        ax.set_yscale("log")
+        ax.set_title(workload, fontsize=10)
+        ax.set_xlabel("offered requests/s")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel("latency, ms (log): p50 solid, p99 dashed")
+    ordered = [p for p in peers if p in handles]
+    fig.legend([handles[p] for p in ordered], ordered, loc="lower center", ncol=len(ordered), fontsize=8,
+               bbox_to_anchor=(0.5, -0.13))  # fmt: skip
+    fig.suptitle("Latency against offered load, per peer (docs/benchmarks.json)", fontsize=10)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write(report: dict[str, Any], before: dict[str, Any] | None, out: Path) -> None:
+    """The markdown report at `out` and its latency figure beside it."""
+    out.write_text(markdown(report, before))
+    plot_latency(report, out.parent / LATENCY_FIGURE)
+
+
+def main() -> None:
+    """Re-renders a run's report and figure from its JSON (ratios recomputed), measuring nothing."""
+    from loadtests.bench_ratios import ratios
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("json", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--before", type=Path, help="an earlier run's JSON, shown beside this one")
+    args = parser.parse_args()
+    data = json.loads(args.json.read_text())
+    data["ratios"] = ratios(data)
+    write(data, json.loads(args.before.read_text()) if args.before else None, args.out)
+
+
 def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     r, m, st = report["ratios"], report["machine"], report["settings"]
     comp = report["compute"]
@@ -274,6 +335,8 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         "",
         "## Latency at equal offered load (p50 / p95 / p99, ms)",
         "",
+        f"![latency against offered load, per peer]({LATENCY_FIGURE})",
+        "",
     ]
     for w in report["workloads"]:
         lines += [f"### {w}", "", *ladder(report, w), ""]
@@ -313,8 +376,4 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
 
 
 if __name__ == "__main__":
-    from loadtests.bench_ratios import ratios
-
-    data = json.loads(Path(sys.argv[1]).read_text())
-    data["ratios"] = ratios(data)
-    Path(sys.argv[2]).write_text(markdown(data))
+    main()

@@ -14,7 +14,7 @@ import secrets
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
 from service.cards import ModelCard
 from service.images import ImageFormat
@@ -26,6 +26,19 @@ from service.settings import Limits
 MAX_SEED = 2**63 - 1
 MAX_PREVIEWS = 20  # previews one streamed request may ask for
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Seed for reproducible images; random if omitted.")]
+
+
+# A 28x28 digit 3 (the VAE's, seed 3) as the examples' image.
+_DIGIT = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA+UlEQVR4nGNgGFjAyMjKiCqAYLLJ2Rr/3P/t2tvfMBEmhDJRTbn/322SNFjhQixw"
+    "VYIKLFeuPuaICL/5DV2SkYPp0r8/v/5//6DzHUPn/z/v/v1nYGBg9r+JkERzG+PazwmM2CUZmbM/7GbFJsfAxMxqe/KROLIIgvnvL6et4so32CUZ"
+    "GL5t+3D/Py7Jv3eOenHjkvz/87m2D5IICwOK7HK531h9wsDAwMjEESaHpBPZWGZmZm5VKezGMjL8Z2EzULz5HptOVj4eNm2x35yMWHQycsR+fBnD"
+    "8+LdfyySDFoOH3ie7d35GyGCnEyk2f+9+vr3Hw6vUA8AAH1+ScTb6TAcAAAAAElFTkSuQmCC"
+)
+
+
+# Illustrative figures for the OpenAPI examples (not measurements; docs/benchmarks.md has those).
+_TIMINGS: dict[str, JsonValue] = {"queue_seconds": 0.012, "compute_seconds": 0.31, "total_seconds": 0.322}
 
 
 def _ctx(info: ValidationInfo) -> tuple[ModelCard | None, Limits]:
@@ -261,6 +274,20 @@ class Timings(BaseModel):
 
 
 class GenerateResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "vae",
+                    "output_format": "png",
+                    "images": [{"image_base64": _DIGIT, "seed": 3, "index": 0}],
+                    "grid_base64": None,
+                    "timings": _TIMINGS,
+                }
+            ]
+        }
+    )
+
     model: str
     output_format: ImageFormat = Field(description="File format of `images` and the grid.")
     images: list[GeneratedImage]
@@ -275,6 +302,14 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": {"code": "invalid_request", "message": "steps: at most 1000 steps", "field": "steps"}}
+            ]
+        }
+    )
+
     error: ErrorDetail
 
 
@@ -333,13 +368,6 @@ ImageBase64 = Annotated[
         "of a colour image; alpha is composited onto black first; 16-bit greyscale keeps its top 8 bits.",
     ),
 ]
-# A 28x28 digit 3 (the VAE's, seed 3) as the examples' image.
-_DIGIT = (
-    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAA+UlEQVR4nGNgGFjAyMjKiCqAYLLJ2Rr/3P/t2tvfMBEmhDJRTbn/322SNFjhQixw"
-    "VYIKLFeuPuaICL/5DV2SkYPp0r8/v/5//6DzHUPn/z/v/v1nYGBg9r+JkERzG+PazwmM2CUZmbM/7GbFJsfAxMxqe/KROLIIgvnvL6et4so32CUZ"
-    "GL5t+3D/Py7Jv3eOenHjkvz/87m2D5IICwOK7HK531h9wsDAwMjEESaHpBPZWGZmZm5VKezGMjL8Z2EzULz5HptOVj4eNm2x35yMWHQycsR+fBnD"
-    "8+LdfyySDFoOH3ie7d35GyGCnEyk2f+9+vr3Hw6vUA8AAH1+ScTb6TAcAAAAAElFTkSuQmCC"
-)
 
 
 class _ImagesIn(BaseModel):
@@ -481,6 +509,19 @@ class ImageScore(BaseModel):
 
 
 class ScoreResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "vae", "label": 3, "k": 256, "seed": 0, "dims": 784,
+                    "scores": [{"index": 0, "elbo": -80.0, "iwae": -77.0, "elbo_bits_per_dim": 0.1472,
+                                "iwae_bits_per_dim": 0.1417}],
+                    "timings": _TIMINGS,
+                }
+            ]
+        }
+    )  # fmt: skip
+
     model: str
     label: int | None = Field(description="The label scored under; null: marginalised over labels.")
     k: int
@@ -491,6 +532,19 @@ class ScoreResponse(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "vae", "labels": [str(i) for i in range(10)], "k": 64, "seed": 0,
+                    "probabilities": [[0.0, 0.0, 0.002, 0.991, 0.0, 0.004, 0.0, 0.0, 0.003, 0.0]], "predicted": [3],
+                    "iwae": [[-112.0, -120.4, -86.2, -80.1, -118.9, -85.6, -121.3, -101.7, -86.0, -99.2]],
+                    "timings": _TIMINGS,
+                }
+            ]
+        }
+    )  # fmt: skip
+
     model: str
     labels: list[str]
     k: int
@@ -511,6 +565,13 @@ class EncodeResponse(BaseModel):
 
 class ImagesResponse(BaseModel):
     """Images a request derived (reconstructions, interpolation frames), base64 files in order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"model": "vae", "output_format": "png", "images": [_DIGIT], "grid_base64": None,
+                          "timings": _TIMINGS}]
+        }
+    )  # fmt: skip
 
     model: str
     output_format: ImageFormat = Field(description="File format of `images` and the grid.")

@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="docs/figures")
     p.set_defaults(func=_eval_edits)
     p = sub.add_parser(
-        "trilemma", help="redraw the quality/cost/diversity picture from the cards and docs/bench-core.json"
+        "trilemma",
+        help="redraw the quality/cost/diversity picture, and quality against steps, from the cards and "
+        "docs/bench-core.json",
     )
     p.add_argument("--model-dir", default="exported")
     p.add_argument("--bench-core", default="docs/bench-core.json", help="`make bench-core` writes it")

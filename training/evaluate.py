@@ -46,6 +46,12 @@ variation from uniform in the card (`class_tv`). Seeds: 1234 + label for diffusi
 for GAN/VAE image i.
 
 """
+REPORT_FIGURES = """
+FID and label accuracy against steps, per model and sampler (`genserve eval` draws it; `genserve
+trilemma` redraws it from the cards):
+
+![FID and label accuracy against steps](figures/quality-vs-steps.png)
+"""
 EVAL_SEED = 1234
 CLASSIFIER = Path("_evaluation") / "classifier.onnx"
 
@@ -275,7 +281,7 @@ def run_eval(model_dir: Path, names: list[str], threads: int, settings: list[str
         write_reports(model_dir / name)
     table = table_from_cards(model_dir)
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(REPORT_HEAD + table + "\n")
+    report.write_text(REPORT_HEAD + table + "\n" + REPORT_FIGURES)
     from training.trilemma import write_trilemma  # matplotlib, only here
 
     write_trilemma(model_dir, report.parent / "bench-core.json", report.parent / "figures" / "trilemma.png")

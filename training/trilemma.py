@@ -28,6 +28,7 @@ class Point:
     fid_ratio: float
     recall: float
     ms_per_image: float | None
+    label_accuracy: float | None = None
 
 
 def calls_per_image(family: str, setting: str) -> int | None:
@@ -59,7 +60,16 @@ def points(model_dir: Path, bench_core: Path) -> list[Point]:
             q = quality_from_dict(values)
             name = card["name"]
             out.append(
-                Point(name, card["family"], setting, calls, q.fid / floor["fid"], q.recall, costs.get((name, setting)))
+                Point(
+                    name,
+                    card["family"],
+                    setting,
+                    calls,
+                    q.fid / floor["fid"],
+                    q.recall,
+                    costs.get((name, setting)),
+                    q.label_accuracy,
+                )
             )
     return out
 
@@ -138,7 +148,58 @@ def plot(pts: list[Point], out: Path) -> None:
     plt.close(fig)
 
 
+def plot_steps(pts: list[Point], floor_accuracy: float | None, out: Path) -> None:
+    """FID / floor and label accuracy against steps: one line per model and sampler (the step-
+    count settings of each diffusion model), GAN and VAE as single points at one call."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (fid_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120, sharex=True)
+    lines: dict[tuple[str, str], list[Point]] = {}
+    for p in pts:
+        key = (p.model, p.setting.split("-")[0]) if p.family == "diffusion" else (p.model, "")
+        lines.setdefault(key, []).append(p)
+    for (model, sampler), group in sorted(lines.items()):
+        group.sort(key=lambda p: p.calls)
+        name = f"{model}, {sampler}" if sampler else model
+        style = {"marker": MARKERS.get(model, MARKERS.get(group[0].family, "o")), "markersize": 6, "label": name}
+        fid_ax.plot([p.calls for p in group], [p.fid_ratio for p in group], **style)
+        acc = [p for p in group if p.label_accuracy is not None]
+        acc_ax.plot([p.calls for p in acc], [p.label_accuracy for p in acc], **style)
+    fid_ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    fid_ax.set_ylabel("FID / floor (1 = training digits vs held-out)")
+    if floor_accuracy is not None:
+        acc_ax.axhline(floor_accuracy, color="grey", linewidth=0.8, linestyle="--")
+    acc_ax.set_ylabel("label accuracy (dashed: the classifier's own)")
+    for ax in (fid_ax, acc_ax):
+        ax.set_xscale("log")
+        ax.set_xlabel("steps (network calls per image, log)")
+        ax.grid(alpha=0.3, which="both")
+    fid_ax.set_yscale("log")
+    fid_ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+    fid_ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fid_ax.set_yticks([0.8, 1.0, 1.5, 2.0, 3.0, 5.0])
+    acc_ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Sample quality against steps, per model and sampler (guidance 1; docs/quality.md)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    plt.close(fig)
+
+
+def floor_label_accuracy(model_dir: Path) -> float | None:
+    for card_path in sorted(model_dir.glob("*/model.json")):
+        floor = json.loads(card_path.read_text()).get("quality", {}).get("floor")
+        if floor and floor.get("label_accuracy") is not None:
+            return float(floor["label_accuracy"])
+    return None
+
+
 def write_trilemma(model_dir: Path, bench_core: Path, out: Path) -> list[Point]:
+    """The trilemma picture at `out`, and quality against steps beside it (`quality-vs-steps.png`)."""
     pts = points(model_dir, bench_core)
     plot(pts, out)
+    plot_steps(pts, floor_label_accuracy(model_dir), out.with_name("quality-vs-steps.png"))
     return pts

@@ -182,3 +182,33 @@ def test_catalog_health_stays_open_with_auth_and_unknown_models_are_404(monkeypa
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert c.get("/v1/models/", headers=auth, follow_redirects=False).status_code == 404
     assert recorded == ["not_ready", "unauthorized", "model_not_found", "not_found"]
+
+
+def test_openapi_has_a_bearer_scheme_every_data_route_asks_for_and_documents_401(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GENSERVE_API_KEYS", "k1")
+
+    async def probe(name: str) -> dict[str, str]:
+        return {}
+
+    c = TestClient(catalog_app({"gan": load_card(SHIPPED / "gan")}, {}, probe, lambda _: None))
+    assert c.get("/docs").status_code == 200  # the page and its schema are open; Authorize sends the token
+    schema = c.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "One of the server's keys (GENSERVE_API_KEYS); not needed when it has none.",
+    }
+    for path, operations in schema["paths"].items():
+        for operation in operations.values():
+            if path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
+                assert "security" not in operation and "401" not in operation["responses"], path
+            else:
+                assert operation["security"] == [{"bearerAuth": []}, {}], path
+                assert operation["responses"]["401"]["content"]["application/json"]["example"]["error"]["code"] == (
+                    "unauthorized"
+                )
+    generate = schema["paths"]["/v1/models/{name}/generate"]["post"]["responses"]["200"]["content"]
+    example = schema["components"]["schemas"]["GenerateResponse"]["examples"][0]
+    assert "$ref" in generate["application/json"]["schema"] and example["images"][0]["image_base64"].startswith("iVBOR")

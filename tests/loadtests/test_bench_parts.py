@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from loadtests.bench import WORKLOADS, genserve_call, triton_call
 from loadtests.bench_ratios import ratios
-from loadtests.bench_report import markdown
+from loadtests.bench_report import LATENCY_FIGURE, markdown, plot_latency
 from loadtests.flops import flops_per_row
 from loadtests.harness import free_port, wait_http
 from loadtests.loadgen import Outcome, open_loop, summarize
@@ -118,6 +118,21 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert "| GAN requests/s / empty-deployment requests/s: >= 0.8 | 0.80 | met |" in text
     assert "genserve / plain, gan-1: >= 1.0 | 0.20 | **missed** |" in text
     assert "None" not in text
+    assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
+
+
+def test_the_report_and_its_latency_figure_are_written_together(tmp_path: Path) -> None:
+    ladder = [{"rate": r, "summary": {"p50": 0.01 * r, "p99": 0.03 * r}} for r in (1, 2)]
+    report: dict[str, Any] = {
+        "workloads": {"gan-1": {}, "mixed": {}},
+        "peers": {"genserve": {"results": {"gan-1": {"ladder": ladder}}}, "plain": {"results": {"mixed": {"ladder": ladder}}}},
+    }  # fmt: skip
+    out = tmp_path / "docs" / "figures" / "latency.png"
+    plot_latency(report, out)
+    from PIL import Image
+
+    image = Image.open(out)
+    assert image.format == "PNG" and image.size[0] > image.size[1] > 200  # two panels side by side
 
 
 def test_triton_and_genserve_requests_ask_for_the_same_work() -> None:

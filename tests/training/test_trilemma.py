@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.trilemma import calls_per_image, points, write_trilemma
+from training.trilemma import calls_per_image, floor_label_accuracy, points, write_trilemma
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
 
@@ -36,3 +36,6 @@ def test_points_take_quality_from_cards_and_ms_from_bench_core(tmp_path: Path) -
     out = tmp_path / "trilemma.png"
     write_trilemma(tmp_path, bench, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "quality-vs-steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn beside it
+    assert pts[("diffusion", "dpmpp_2m-10")].label_accuracy == card["dpmpp_2m-10"]["label_accuracy"]
+    assert floor_label_accuracy(tmp_path) == card["floor"]["label_accuracy"]
