@@ -154,6 +154,7 @@ def start(
     from ray import serve
 
     ray.init(
+        address="local",  # a new instance, never one a previous `ray start` or run left behind
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,

@@ -238,8 +238,14 @@ def test_metrics_appear_on_the_export_port_with_their_labels(server: Server) -> 
     ]:
         assert generate(server, model, body).status_code == 200
 
+    refused = generate(server, "gan", {"n": "one"})  # counted by the model's own edge
+    assert refused.status_code == 422
+    gan_invalid = exported_name(names.ERRORS) + r'\{[^}]*model="gan"[^}]*reason="invalid_request"'
+
     def all_present(text: str) -> bool:
-        return all(re.search(rf"^{name}\{{", text, re.M) for name in EXPECTED_METRICS) and 'steps="20"' in text
+        # every series is exported on Ray's interval, not all at once: wait for each one asserted below
+        named = all(re.search(rf"^{name}\{{", text, re.M) for name in EXPECTED_METRICS)
+        return named and 'steps="20"' in text and re.search(gan_invalid, text) is not None
 
     text = wait_for_metric(server, all_present)
     for name, labels in EXPECTED_METRICS.items():
@@ -248,7 +254,7 @@ def test_metrics_appear_on_the_export_port_with_their_labels(server: Server) -> 
         assert labels <= found, f"{name} has labels {found}, expected {labels}"
     latency = exported_name(names.REQUEST_LATENCY)
     assert re.search(latency + r'_count\{[^}]*model="diffusion"[^}]*steps="10"', text)
-    assert re.search(exported_name(names.ERRORS) + r'\{[^}]*model="gan"[^}]*reason="invalid_request"', text)
+    assert re.search(gan_invalid, text)
 
 
 def test_http_dashboard_and_metrics_ports_listen_on_loopback_only(server: Server) -> None:
