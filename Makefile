@@ -22,14 +22,15 @@ $(SERVE_VENV)/.installed: pyproject.toml
 
 test: $(VENV)/.installed
 	bash scripts/ensure_package.sh prometheus prometheus
+	bash scripts/ensure_package.sh prometheus-alertmanager prometheus-alertmanager
 	bash scripts/ensure_package.sh chromium chromium
-	$(VENV)/bin/ruff check service deployments training tests loadtests client
+	$(VENV)/bin/ruff check service deployments training tests loadtests client monitoring
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check service deployments training tests loadtests client
-	$(VENV)/bin/ruff format --check service deployments training tests loadtests client
+	$(VENV)/bin/ruff check service deployments training tests loadtests client monitoring
+	$(VENV)/bin/ruff format --check service deployments training tests loadtests client monitoring
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy

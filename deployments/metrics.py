@@ -26,6 +26,7 @@ class ModelMetrics:
     def __init__(self, model: str, family: str) -> None:
         self.tags = {"model": model, "family": family}
         self.m = {spec.name: _make(spec) for spec in names.ALL}
+        self.limit: int | None = None
 
     def network_call(self, stats: StepStats) -> None:
         self.m[names.STEP_LATENCY.name].observe(stats.seconds, tags=self.tags)
@@ -34,7 +35,8 @@ class ModelMetrics:
         self.m[names.BATCH_REQUESTS.name].observe(stats.requests, tags=self.tags)
 
     def request_done(self, stats: RequestStats, steps: int, images: int) -> None:
-        self.m[names.REQUEST_LATENCY.name].observe(stats.total_seconds, tags={**self.tags, "steps": str(steps)})
+        band = names.steps_band(steps)
+        self.m[names.REQUEST_LATENCY.name].observe(stats.total_seconds, tags={**self.tags, "steps_band": band})
         self.m[names.QUEUE_WAIT.name].observe(stats.queue_seconds, tags=self.tags)
         self.m[names.IMAGES.name].inc(images, tags=self.tags)
         self.m[names.REQUESTS.name].inc(1, tags={**self.tags, "outcome": "ok"})
@@ -61,6 +63,13 @@ class ModelMetrics:
 
     def queue_depth(self, images: int) -> None:
         self.m[names.QUEUE_DEPTH.name].set(images, tags=self.tags)
+        if self.limit is not None:  # set again with the depth: a gauge set once at start-up can be
+            self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)  # lost before export begins
+
+    def queue_limit(self, images: int) -> None:
+        """The refusal limit the queue alert compares the depth against."""
+        self.limit = images
+        self.m[names.QUEUE_LIMIT.name].set(images, tags=self.tags)
 
 
 class CatalogMetrics:

@@ -218,12 +218,14 @@ class LatentModelReplica(_Replica):
         self.in_flight = 0
         self.max_batch_images = 64
         self.max_queued_images = 1024
+        self.metrics.queue_limit(self.max_queued_images)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Live knobs from `user_config`: max_batch_images, batch_wait_timeout_s, max_queued_images."""
         batcher: Any = self._generate_batch  # the @serve.batch wrapper carries the setters
         self.max_batch_images = int(config.get("max_batch_images", 64))
         self.max_queued_images = int(config.get("max_queued_images", 1024))
+        self.metrics.queue_limit(self.max_queued_images)
         batcher.set_max_batch_size(self.max_batch_images)
         batcher.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.005)))
 
@@ -252,6 +254,10 @@ class LatentModelReplica(_Replica):
             ticket.gone = True
             if metrics:
                 metrics.cancelled()
+            raise
+        except Exception:  # a fault, not a refusal: the edge answers 500
+            if metrics:
+                metrics.request_failed("internal")
             raise
         finally:
             self.in_flight -= job.n
@@ -308,11 +314,13 @@ class DiffusionReplica(_Replica):
     def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
         super().__init__(model_dir, name, device, ort_threads)
         self.scheduler = StepScheduler(self.model, on_step=self._on_step)
+        self.metrics.queue_limit(self.scheduler.max_queued_lanes)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Live knobs from `user_config`: max_batch (network rows), max_queued_images."""
         self.scheduler.max_batch = int(config.get("max_batch", 64))
         self.scheduler.max_queued_lanes = int(config.get("max_queued_images", 1024))
+        self.metrics.queue_limit(self.scheduler.max_queued_lanes)
 
     def _on_step(self, stats: StepStats) -> None:
         self.metrics.network_call(stats)
@@ -341,6 +349,10 @@ class DiffusionReplica(_Replica):
         except asyncio.CancelledError:
             if metrics:
                 metrics.cancelled()
+            raise
+        except Exception:  # a fault, not a refusal: the edge answers 500
+            if metrics:
+                metrics.request_failed("internal")
             raise
         finally:
             self.metrics.queue_depth(self.scheduler.queued_lanes)

@@ -1,9 +1,9 @@
 """Every metric name and label set of genserve, in one place.
 
 Prometheus conventions: `genserve_` prefix, base units, `_seconds` and `_total` suffixes.
-Labels are bounded: model, family, sampler, steps (bounded by the API), outcome, reason;
-never a request id or a seed. The Ray layer records these through `ray.util.metrics`, whose
-export is right with many replicas on many nodes. Ray's exporter prefixes every application
+Labels are bounded: model, family, steps_band (five values), outcome, reason, route; never a
+request id, a seed or a raw step count (1,000 values per model). The Ray layer records these
+through `ray.util.metrics`, whose export is right with many replicas on many nodes. Ray's exporter prefixes every application
 metric with `ray_`, so Prometheus sees `ray_genserve_...`: `exported_name` gives that name.
 """
 
@@ -31,15 +31,31 @@ def exported_name(spec: MetricSpec) -> str:
     return EXPORT_PREFIX + spec.name
 
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# Up to 600 s, so a p99 past the longest latency budget (120 s, for 200+ steps) still reads as more
+# than 120 s rather than as the top finite bucket.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+STEP_BANDS = ("none", "1-9", "10-49", "50-199", "200+")
+
+
+def steps_band(steps: int) -> str:
+    """A request's step count as a bounded label: "none" for GAN/VAE (one network call)."""
+    if steps <= 0:
+        return "none"
+    if steps < 10:
+        return "1-9"
+    if steps < 50:
+        return "10-49"
+    return "50-199" if steps < 200 else "200+"
+
+
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 REQUEST_LATENCY = MetricSpec(
     "genserve_request_latency_seconds",
     "histogram",
-    "Time from a generate request's arrival at the model to its images, by model and step count.",
-    ("model", "family", "steps"),
+    "Time from a generate request's arrival at the model to its images, by model and step band (STEP_BANDS).",
+    ("model", "family", "steps_band"),
     LATENCY_BUCKETS,
 )
 STEP_LATENCY = MetricSpec(
@@ -83,6 +99,12 @@ QUEUE_DEPTH = MetricSpec(
     "Images queued or in progress in a replica.",
     ("model", "family"),
 )
+QUEUE_LIMIT = MetricSpec(
+    "genserve_queue_limit_images",
+    "gauge",
+    "Images a replica holds queued or in progress before it refuses with 503 (its max_queued_images).",
+    ("model", "family"),
+)
 IMAGES = MetricSpec(
     "genserve_images_generated_total",
     "counter",
@@ -92,7 +114,8 @@ IMAGES = MetricSpec(
 REQUESTS = MetricSpec(
     "genserve_requests_total",
     "counter",
-    "Generate requests by outcome (ok, or an error reason).",
+    "Generate requests that reached the model, by outcome: ok, or an error reason (overloaded, too_costly, "
+    "deadline_exceeded, cancelled, internal).",
     ("model", "family", "outcome"),
 )
 ERRORS = MetricSpec(
@@ -125,6 +148,7 @@ ALL = (
     BATCH_REQUESTS,
     QUEUE_WAIT,
     QUEUE_DEPTH,
+    QUEUE_LIMIT,
     IMAGES,
     REQUESTS,
     ERRORS,

@@ -19,7 +19,7 @@ def compose() -> dict:  # type: ignore[type-arg]
 
 def test_compose_builds_and_mounts_only_files_that_exist() -> None:
     services = compose()["services"]
-    assert {"ray-head", "ray-gpu-worker", "prometheus", "grafana"} <= set(services)
+    assert {"ray-head", "ray-gpu-worker", "prometheus", "alertmanager", "alert-log", "grafana"} <= set(services)
     for name, svc in services.items():
         if "build" in svc:
             dockerfile = ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]
@@ -49,7 +49,21 @@ def test_ports_agree_across_compose_prometheus_and_grafana() -> None:
     assert sd_file.startswith("/tmp/ray/") and "ray-tmp:/tmp/ray:ro" in services["prometheus"]["volumes"]
     datasource = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
-    assert "9090:9090" in services["prometheus"]["ports"]
+    assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+
+
+def test_only_the_api_is_published_beyond_loopback_and_alerts_reach_the_receiver() -> None:
+    services = compose()["services"]
+    assert "8000:8000" in services["ray-head"]["ports"]  # the API is meant to be reached
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            assert port == "8000:8000" or port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+    prom = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
+    assert "alertmanager" in services and "alert-log" in services
+    routing = yaml.safe_load((ROOT / "monitoring" / "alertmanager.yml").read_text())
+    assert routing["receivers"][0]["webhook_configs"][0]["url"] == "http://alert-log:5001/"
+    assert services["alert-log"]["command"][-2:] == ["--port", "5001"]
 
 
 def test_rayservice_mirrors_serve_config_and_puts_gpus_on_workers() -> None:

@@ -102,10 +102,19 @@ DIGIT = base64.b64encode(png_bytes(np.full((28, 28, 1), 255, np.uint8))).decode(
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
+    """Every panel's query as Grafana sends it with the defaults: all models, a 30 s window."""
     dash = json.loads((MONITORING / "grafana" / "dashboards" / "genserve.json").read_text())
     return [
-        (p["title"], t["expr"].replace("$__rate_interval", RATE_WINDOW)) for p in dash["panels"] for t in p["targets"]
+        (p["title"], t["expr"].replace("$__rate_interval", RATE_WINDOW).replace("$model", ".*"))
+        for p in dash["panels"]
+        for t in p["targets"]
     ]
+
+
+def needs_gpu(title: str) -> bool:
+    """Ray exports GPU series from GPU nodes only; this machine has none, so those panels are
+    checked to evaluate, not to have data."""
+    return "(GPU nodes only)" in title
 
 
 def test_every_panel_returns_data_and_every_alert_evaluates(server: Server, prometheus: str) -> None:
@@ -117,7 +126,11 @@ def test_every_panel_returns_data_and_every_alert_evaluates(server: Server, prom
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             time.sleep(5)
-            missing = [f"{title}: {expr}" for title, expr in dashboard_queries() if not query(prometheus, expr)]
+            missing = [
+                f"{title}: {expr}"
+                for title, expr in dashboard_queries()
+                if not query(prometheus, expr) and not needs_gpu(title)
+            ]
             if not missing:
                 break
         assert not missing, "panels without data:\n" + "\n".join(missing)
@@ -126,7 +139,7 @@ def test_every_panel_returns_data_and_every_alert_evaluates(server: Server, prom
         sender.join()
     rules = requests.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     alerts = [r for g in rules for r in g["rules"]]
-    assert len(alerts) == 4
+    assert len(alerts) == 6
     for rule in alerts:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
         query(prometheus, rule["query"])  # evaluates without error

@@ -18,6 +18,7 @@ from service import metrics as names
 from service.images import decode_png
 from service.metrics import exported_name
 from service.runtime import OnnxModel
+from service.settings import Settings
 from tests.integration.conftest import Server
 
 pytestmark = pytest.mark.integration
@@ -216,13 +217,14 @@ def test_openapi_has_an_example_per_family(server: Server) -> None:
 
 
 EXPECTED_METRICS = {
-    exported_name(names.REQUEST_LATENCY) + "_bucket": {"model", "family", "steps"},
+    exported_name(names.REQUEST_LATENCY) + "_bucket": {"model", "family", "steps_band"},
     exported_name(names.STEP_LATENCY) + "_bucket": {"model", "family"},
     exported_name(names.BATCH_IMAGES) + "_bucket": {"model", "family"},
     exported_name(names.BATCH_LANES) + "_bucket": {"model", "family"},
     exported_name(names.BATCH_REQUESTS) + "_bucket": {"model", "family"},
     exported_name(names.QUEUE_WAIT) + "_bucket": {"model", "family"},
     exported_name(names.QUEUE_DEPTH): {"model", "family"},
+    exported_name(names.QUEUE_LIMIT): {"model", "family"},
     exported_name(names.IMAGES): {"model", "family"},
     exported_name(names.REQUESTS): {"model", "family", "outcome"},
     exported_name(names.ERRORS): {"model", "reason"},
@@ -245,7 +247,7 @@ def test_metrics_appear_on_the_export_port_with_their_labels(server: Server) -> 
     def all_present(text: str) -> bool:
         # every series is exported on Ray's interval, not all at once: wait for each one asserted below
         named = all(re.search(rf"^{name}\{{", text, re.M) for name in EXPECTED_METRICS)
-        return named and 'steps="20"' in text and re.search(gan_invalid, text) is not None
+        return named and 'steps_band="10-49"' in text and re.search(gan_invalid, text) is not None
 
     text = wait_for_metric(server, all_present)
     for name, labels in EXPECTED_METRICS.items():
@@ -253,7 +255,11 @@ def test_metrics_appear_on_the_export_port_with_their_labels(server: Server) -> 
         found = set(re.findall(r'(\w+)="', line))
         assert labels <= found, f"{name} has labels {found}, expected {labels}"
     latency = exported_name(names.REQUEST_LATENCY)
-    assert re.search(latency + r'_count\{[^}]*model="diffusion"[^}]*steps="10"', text)
+    assert re.search(latency + r'_count\{[^}]*model="diffusion"[^}]*steps_band="10-49"', text)
+    assert re.search(latency + r'_count\{[^}]*model="gan"[^}]*steps_band="none"', text)
+    limit = exported_name(names.QUEUE_LIMIT)
+    expected = Settings().max_queued_images  # what build_apps gives each replica
+    assert re.search(limit + rf'\{{[^}}]*model="diffusion"[^}}]*\}} {expected}(\.0)?$', text, re.M)
     assert re.search(gan_invalid, text)
 
 
