@@ -66,6 +66,12 @@ class ModelMetrics:
         if self.limit is not None:  # set again with the depth: a gauge set once at start-up can be
             self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)  # lost before export begins
 
+    def provider(self, name: str) -> None:
+        """The ONNX Runtime provider this replica runs: 1 under its name (and the queue limit again)."""
+        self.m[names.PROVIDER.name].set(1, tags={**self.tags, "provider": name})
+        if self.limit is not None:
+            self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)
+
     def queue_limit(self, images: int) -> None:
         """The refusal limit the queue alert compares the depth against."""
         self.limit = images

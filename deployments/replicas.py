@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,7 @@ from service.stats import RequestStats, StepStats
 # A replica that cannot answer a 1-image request within this long is unhealthy. Far above a
 # batch's time under full load here (a 64-image GAN batch is ~0.1 s, a diffusion step ~0.1 s).
 HEALTH_PROBE_TIMEOUT_S = 20.0
+log = logging.getLogger("ray.serve")
 T = TypeVar("T")
 
 
@@ -70,6 +72,9 @@ class _Replica:
         self.model: LoadedModel = load_model(Path(model_dir) / name, device=device, intra_op_threads=ort_threads)
         self.metrics = ModelMetrics(name, self.model.card.family)
         self.timeout_s = Settings().request_timeout_s
+        if self.model.onnx.fallback:  # loud: a GPU replica quietly on the CPU is many times slower
+            log.error("model %s (device=%s): %s", name, device, self.model.onnx.fallback)
+        self.metrics.provider(self.model.onnx.provider)
 
     @property
     def card(self) -> ModelCard:
@@ -199,15 +204,20 @@ class _Replica:
     async def ready(self) -> dict[str, str]:
         """What readiness learns: the model, its ONNX provider, the node; raises when stuck."""
         await self.probe()
-        return {
+        answer = {
             "model": self.model.name,
             "provider": self.model.onnx.provider,
             "node_id": ray.get_runtime_context().get_node_id(),
         }
+        if self.model.onnx.fallback:
+            answer["fallback"] = self.model.onnx.fallback
+        return answer
 
     async def check_health(self) -> None:
-        """Serve's replica health check."""
+        """Serve's replica health check (every few seconds): also re-sets the gauges that change
+        only with configuration, so they are exported however early they were first set."""
         await self.probe()
+        self.metrics.provider(self.model.onnx.provider)
 
 
 class LatentModelReplica(_Replica):

@@ -171,7 +171,10 @@ def model_app(backend: ModelBackend, timeout_s: float, record: ErrorRecorder) ->
 
     @app.get("/")
     async def info() -> ModelInfo:
-        return ModelInfo.from_card(card, limits)
+        onnx = backend.model.onnx  # this replica's own session
+        return ModelInfo.from_card(card, limits).model_copy(
+            update={"provider": onnx.provider, "provider_fallback": onnx.fallback}
+        )
 
     async def answer(request: Request, req: Any, job: Job, deadline: float) -> GenerateResponse | StreamingResponse:
         """Images as JSON, or as server-sent events when the client asked for a stream."""
@@ -273,31 +276,41 @@ def catalog_app(
         """The playground: one page of plain HTML and JavaScript calling the routes above."""
         return HTMLResponse(playground, headers={"Cache-Control": "no-cache"})
 
+    seen: dict[str, dict[str, str]] = {}  # each model's last readiness answer: provider, fallback
+
     @app.get("/readyz", responses={503: {"model": ErrorResponse}})
     async def readyz() -> JSONResponse:
         status: dict[str, str] = {name: f"broken: {msg}" for name, msg in broken.items()}
 
         async def ping(name: str) -> None:
             try:
-                await asyncio.wait_for(probe(name), timeout=PROBE_TIMEOUT_S)
-                status[name] = "ready"
+                seen[name] = answer = await asyncio.wait_for(probe(name), timeout=PROBE_TIMEOUT_S)
+                fallback = answer.get("fallback")
+                status[name] = f"ready, degraded: {fallback}" if fallback else "ready"
             except TimeoutError:
                 status[name] = f"not ready: no answer to a 1-image request within {PROBE_TIMEOUT_S:.0f}s"
             except Exception as e:
                 status[name] = f"not ready: {type(e).__name__}: {e}"[:300]
 
         await asyncio.gather(*(ping(n) for n in cards))
-        ok = all(v == "ready" for v in status.values())
+        ok = all(v.startswith("ready") for v in status.values())  # a degraded model still answers
         headers = None if ok else {ERROR_CODE_HEADER: "not_ready"}
-        return JSONResponse({"ready": ok, "models": status}, status_code=200 if ok else 503, headers=headers)
+        providers = {name: seen[name].get("provider") for name in cards if name in seen}
+        body = {"ready": ok, "models": status, "providers": providers}
+        return JSONResponse(body, status_code=200 if ok else 503, headers=headers)
+
+    def listed(card: ModelCard) -> ModelInfo:
+        last = seen.get(card.name, {})
+        update = {"provider": last.get("provider"), "provider_fallback": last.get("fallback")}
+        return ModelInfo.from_card(card, limits).model_copy(update=update)
 
     @app.get("/v1/models")
     async def list_models() -> ModelList:
-        return ModelList(data=[ModelInfo.from_card(c, limits) for c in cards.values()])
+        return ModelList(data=[listed(c) for c in cards.values()])
 
     @app.get("/v1/models/{name}", responses={404: {"model": ErrorResponse}})
     async def get_model(name: str) -> ModelInfo:
-        return ModelInfo.from_card(card_of(name), limits)
+        return listed(card_of(name))
 
     @app.post(
         "/v1/models/{name}/generate",

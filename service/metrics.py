@@ -105,6 +105,12 @@ QUEUE_LIMIT = MetricSpec(
     "Images a replica holds queued or in progress before it refuses with 503 (its max_queued_images).",
     ("model", "family"),
 )
+PROVIDER = MetricSpec(
+    "genserve_replica_provider",
+    "gauge",
+    "1 per replica under the ONNX Runtime provider it runs (CUDAExecutionProvider, CPUExecutionProvider).",
+    ("model", "family", "provider"),
+)
 IMAGES = MetricSpec(
     "genserve_images_generated_total",
     "counter",
@@ -149,6 +155,7 @@ ALL = (
     QUEUE_WAIT,
     QUEUE_DEPTH,
     QUEUE_LIMIT,
+    PROVIDER,
     IMAGES,
     REQUESTS,
     ERRORS,

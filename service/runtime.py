@@ -28,13 +28,30 @@ def gpu_present() -> bool:
     return Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidiactl").exists()
 
 
+def wanted_provider(device: Device) -> str:
+    """The provider `device` asks for: CUDA for `cuda`, and for `auto` where a GPU is present."""
+    want_cuda = device == "cuda" or (device == "auto" and gpu_present())
+    return "CUDAExecutionProvider" if want_cuda else "CPUExecutionProvider"
+
+
 def providers_for(device: Device) -> list[str]:
     """CUDA first where asked for (or, with `auto`, where a GPU and the CUDA build are present)."""
-    available = ort.get_available_providers()
-    want_cuda = device == "cuda" or (device == "auto" and gpu_present())
-    if want_cuda and "CUDAExecutionProvider" in available:
+    if wanted_provider(device) == "CUDAExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def fallback_note(wanted: str, running: str) -> str | None:
+    """None when a session runs on the provider it was asked for; else what went wrong, in words.
+    ONNX Runtime falls back to the CPU without an error when the CUDA provider cannot load (a
+    CUDA or cuDNN library missing, a build for another CUDA), so this is checked, not assumed."""
+    if wanted == running:
+        return None
+    available = ", ".join(ort.get_available_providers())
+    return (
+        f"asked for {wanted} but runs on {running} (this onnxruntime offers: {available}); "
+        "check that the GPU is visible and that onnxruntime-gpu matches the image's CUDA"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,7 @@ class OnnxModel:
         if not path.is_file():
             raise ModelLoadError(f"{path}: ONNX file not found")
         providers = providers_for(device)
+        self.wanted_provider = wanted_provider(device)
         self.ways = intra_op_threads if slices and providers[0] == "CPUExecutionProvider" else 1
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1 if self.ways > 1 else intra_op_threads
@@ -90,6 +108,11 @@ class OnnxModel:
     @property
     def provider(self) -> str:
         return str(self.session.get_providers()[0])
+
+    @property
+    def fallback(self) -> str | None:
+        """Why this session does not run on the provider it was asked for, or None."""
+        return fallback_note(self.wanted_provider, self.provider)
 
     def check_io(self, inputs: dict[str, str], output: str) -> None:
         """Fails with one message naming the file when the card's roles do not match the graph."""

@@ -335,6 +335,14 @@ class ModelInfo(BaseModel):
     max_images: int
     routes: list[str] = Field(description="The model's routes under /v1/models/{name}, e.g. /generate, /score.")
     quality: dict[str, dict[str, float]]
+    provider: str | None = Field(
+        None,
+        description="The ONNX Runtime provider the model's replica runs (CUDAExecutionProvider, CPUExecutionProvider); "
+        "from the replica itself on GET /v1/models/{name}, in the list as of the last readiness probe (null before).",
+    )
+    provider_fallback: str | None = Field(
+        None, description="Set when the replica runs on another provider than it was asked for, saying why."
+    )
 
     @classmethod
     def from_card(cls, card: ModelCard, limits: Limits) -> ModelInfo:

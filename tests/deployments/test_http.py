@@ -212,3 +212,22 @@ def test_openapi_has_a_bearer_scheme_every_data_route_asks_for_and_documents_401
     generate = schema["paths"]["/v1/models/{name}/generate"]["post"]["responses"]["200"]["content"]
     example = schema["components"]["schemas"]["GenerateResponse"]["examples"][0]
     assert "$ref" in generate["application/json"]["schema"] and example["images"][0]["image_base64"].startswith("iVBOR")
+
+
+def test_readiness_and_the_model_list_show_each_models_provider_and_a_fallback_loudly() -> None:
+    note = "asked for CUDAExecutionProvider but runs on CPUExecutionProvider (...)"
+
+    async def probe(name: str) -> dict[str, str]:
+        answer = {"model": name, "provider": "CPUExecutionProvider"}
+        return {**answer, "fallback": note} if name == "gan" else answer
+
+    cards = {n: load_card(SHIPPED / n) for n in ("gan", "vae")}
+    c = TestClient(catalog_app(cards, {}, probe, lambda _: None))
+    assert c.get("/v1/models").json()["data"][0]["provider"] is None  # not probed yet
+    ready = c.get("/readyz")
+    assert ready.status_code == 200  # a degraded model still answers
+    assert ready.json()["models"] == {"gan": f"ready, degraded: {note}", "vae": "ready"}
+    assert ready.json()["providers"] == {"gan": "CPUExecutionProvider", "vae": "CPUExecutionProvider"}
+    listed = {m["name"]: m for m in c.get("/v1/models").json()["data"]}
+    assert listed["gan"]["provider_fallback"] == note and listed["vae"]["provider_fallback"] is None
+    assert listed["vae"]["provider"] == "CPUExecutionProvider"

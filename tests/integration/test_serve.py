@@ -44,14 +44,17 @@ def test_health_readiness_and_model_listing(server: Server) -> None:
     assert requests.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = requests.get(f"{server.url}/readyz", timeout=30)
     assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert set(ready.json()["providers"].values()) == {"CPUExecutionProvider"}  # no GPU here, none asked for
     listing = requests.get(f"{server.url}/v1/models", timeout=10).json()
     assert listing["object"] == "list"  # OpenAI's list shape, genserve's fields in each entry
     models = {m["name"]: m for m in listing["data"]}
     assert all(m["id"] == m["name"] and m["object"] == "model" and m["created"] > 0 for m in models.values())
     assert {"gan", "vae", "diffusion"} <= set(models)
     assert models["diffusion"]["samplers"] == ["ddpm", "ddim", "dpmpp_2m"] and models["diffusion"]["max_steps"] == 1000
-    one = requests.get(f"{server.url}/v1/models/gan", timeout=10).json()
+    assert all(m["provider"] == "CPUExecutionProvider" for m in models.values())  # as of the readiness probe
+    one = requests.get(f"{server.url}/v1/models/gan", timeout=10).json()  # answered by a gan replica itself
     assert one["image_shape"] == [1, 28, 28] and one["labels"][3] == "3"
+    assert (one["provider"], one["provider_fallback"]) == ("CPUExecutionProvider", None)
 
 
 @pytest.mark.parametrize(
@@ -225,6 +228,7 @@ EXPECTED_METRICS = {
     exported_name(names.QUEUE_WAIT) + "_bucket": {"model", "family"},
     exported_name(names.QUEUE_DEPTH): {"model", "family"},
     exported_name(names.QUEUE_LIMIT): {"model", "family"},
+    exported_name(names.PROVIDER): {"model", "family", "provider"},
     exported_name(names.IMAGES): {"model", "family"},
     exported_name(names.REQUESTS): {"model", "family", "outcome"},
     exported_name(names.ERRORS): {"model", "reason"},

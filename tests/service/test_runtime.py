@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.cards import load_card
-from service.runtime import OnnxModel
+from service.runtime import OnnxModel, fallback_note, wanted_provider
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
 
@@ -30,3 +30,14 @@ def test_parallel_slices_give_the_same_rows_as_one_call(batch: int) -> None:
     got = sliced.run(card.onnx.output, feeds)
     assert got.shape == expected.shape == (batch, *card.image_shape)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_session_that_falls_back_from_the_provider_it_was_asked_for_says_why() -> None:
+    assert wanted_provider("cpu") == "CPUExecutionProvider" and wanted_provider("cuda") == "CUDAExecutionProvider"
+    assert fallback_note("CPUExecutionProvider", "CPUExecutionProvider") is None
+    on_cpu = OnnxModel(SHIPPED / "gan" / "model.onnx", device="cpu")
+    assert on_cpu.provider == "CPUExecutionProvider" and on_cpu.fallback is None
+    asked_for_gpu = OnnxModel(SHIPPED / "gan" / "model.onnx", device="cuda")  # this machine has no GPU
+    assert asked_for_gpu.provider == "CPUExecutionProvider"
+    note = asked_for_gpu.fallback
+    assert note is not None and note.startswith("asked for CUDAExecutionProvider but runs on CPUExecutionProvider")
