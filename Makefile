@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 SERVE_VENV := .venv-serve
 
-.PHONY: test serve lint typecheck bench bench-core chaos loadtest screenshots clean
+.PHONY: test serve lint typecheck bench bench-core chaos loadtest screenshots images clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,15 @@ typecheck: $(VENV)/.installed
 screenshots: $(VENV)/.installed
 	bash scripts/ensure_package.sh chromium chromium
 	GENSERVE_SCREENSHOTS_DIR=$(CURDIR)/docs/figures $(VENV)/bin/python -m pytest -q tests/integration/test_playground.py
+
+# The head/CPU and GPU worker images (docker/Dockerfile); docker, or podman where docker is absent.
+# BASE: the base image (python:3.11.7-slim-bookworm; a local Debian where no registry is reachable).
+CONTAINER ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE_TAG ?= 0.1.0
+BASE ?= python:3.11.7-slim-bookworm
+images:
+	$(CONTAINER) build --build-arg BASE=$(BASE) --target cpu -t genserve-cpu:$(IMAGE_TAG) -f docker/Dockerfile .
+	$(CONTAINER) build --build-arg BASE=$(BASE) --target gpu -t genserve-gpu:$(IMAGE_TAG) -f docker/Dockerfile .
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m deployments.run

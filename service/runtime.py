@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,19 @@ def wanted_provider(device: Device) -> str:
 def providers_for(device: Device) -> list[str]:
     """CUDA first where asked for (or, with `auto`, where a GPU and the CUDA build are present)."""
     if wanted_provider(device) == "CUDAExecutionProvider" and "CUDAExecutionProvider" in ort.get_available_providers():
+        _preload_cuda()
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _preload_cuda() -> None:
+    """Loads CUDA and cuDNN from the nvidia pip wheels (`onnxruntime-gpu[cuda,cudnn]`, which the gpu
+    image installs) before a CUDA session is made; where they are not installed, the system's
+    libraries are used as before, and a failure shows as a provider fallback."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.suppress(Exception):  # a failure is reported where it matters: OnnxModel.fallback
+            preload()
 
 
 def fallback_note(wanted: str, running: str) -> str | None:

@@ -43,7 +43,7 @@ def test_ports_agree_across_compose_prometheus_and_grafana() -> None:
     assert "8000:8000" in services["ray-head"]["ports"]
     head_script = (ROOT / "docker" / "head.sh").read_text()
     assert "--metrics-export-port=8080" in head_script and "serve deploy deployments/serve_config.yaml" in head_script
-    assert "--metrics-export-port=8080" in (ROOT / "docker" / "Dockerfile.gpu").read_text()
+    assert '"--metrics-export-port=8080"' in (ROOT / "docker" / "Dockerfile").read_text()
     prom = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
     sd_file = prom["scrape_configs"][0]["file_sd_configs"][0]["files"][0]
     assert sd_file.startswith("/tmp/ray/") and "ray-tmp:/tmp/ray:ro" in services["prometheus"]["volumes"]
@@ -115,3 +115,41 @@ def test_every_node_runs_the_serve_mode_that_was_benchmarked() -> None:
         env = {e["name"]: e.get("value") for e in pod["template"]["spec"]["containers"][0]["env"]}
         assert {k: env.get(k) for k in shipped} == shipped
         assert "GENSERVE_API_KEYS" in env
+
+
+def test_one_dockerfile_makes_head_and_worker_match_and_run_as_a_user_with_a_health_check() -> None:
+    text = (ROOT / "docker" / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?", text, re.M)
+    assert stages == [("${BASE}", "cpu"), ("cpu", "gpu")]  # the gpu image is the cpu image plus CUDA
+    assert re.search(r"^ARG BASE=python:3\.11\.\d+-slim-bookworm$", text, re.M)
+    assert text.rstrip().count("USER ray") == 2 and text.rstrip().split("USER ")[-1].startswith("ray")
+    assert "HEALTHCHECK" in text and "wget" in text  # wget: KubeRay's default probes run it
+    assert '"onnxruntime-gpu[cuda,cudnn]"' in text  # CUDA wheels matched to ORT's own CUDA build
+    pins = dict(line.split("==") for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))  # fmt: skip
+    manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    assert pins["ray"] == manifest["spec"]["rayClusterConfig"]["rayVersion"]
+    assert "onnxruntime-gpu" in pins
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests", "weights"} <= set(ignored)
+
+
+def test_images_are_named_alike_by_make_compose_and_the_rayservice_and_keys_reach_every_node() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    tag = re.search(r"^IMAGE_TAG \?= (\S+)$", makefile, re.M).group(1)  # type: ignore[union-attr]
+    built = {f"genserve-{t}:{tag}" for t in re.findall(r"--target (\w+) -t genserve-\1:\$\(IMAGE_TAG\)", makefile)}
+    assert built == {f"genserve-cpu:{tag}", f"genserve-gpu:{tag}"}
+    services = compose()["services"]
+    assert {services["ray-head"]["image"], services["ray-gpu-worker"]["image"]} == built
+    assert all("GENSERVE_API_KEYS" in services[s]["environment"] for s in ("ray-head", "ray-gpu-worker"))
+    text = (ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text()
+    cluster = yaml.safe_load(text)["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    assert {p["template"]["spec"]["containers"][0]["image"] for p in pods} == built
+    for pod in pods:
+        env = {e["name"]: e for e in pod["template"]["spec"]["containers"][0]["env"]}
+        assert env["GENSERVE_API_KEYS"]["valueFrom"]["secretKeyRef"]["name"] == "genserve-api-keys"
+        assert (
+            env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
+        )
+    assert "kubectl create secret generic genserve-api-keys --from-literal=keys=" in text  # how to make it
