@@ -45,9 +45,13 @@ screenshots: $(VENV)/.installed
 CONTAINER ?= $(shell command -v docker >/dev/null 2>&1 && echo docker || echo podman)
 IMAGE_TAG ?= 0.1.0
 BASE ?= python:3.11.7-slim-bookworm
+# IMAGE_BUILD_ARGS: extra build flags (docs/containers.md has this machine's podman recipe).
+IMAGE_BUILD_ARGS ?=
+# podman keeps HEALTHCHECK only in docker's image format
+IMAGE_FORMAT := $(if $(findstring podman,$(CONTAINER)),--format docker,)
 images:
-	$(CONTAINER) build --build-arg BASE=$(BASE) --target cpu -t genserve-cpu:$(IMAGE_TAG) -f docker/Dockerfile .
-	$(CONTAINER) build --build-arg BASE=$(BASE) --target gpu -t genserve-gpu:$(IMAGE_TAG) -f docker/Dockerfile .
+	$(CONTAINER) build $(IMAGE_FORMAT) $(IMAGE_BUILD_ARGS) --build-arg BASE=$(BASE) --target cpu -t genserve-cpu:$(IMAGE_TAG) -f docker/Dockerfile .
+	$(CONTAINER) build $(IMAGE_FORMAT) $(IMAGE_BUILD_ARGS) --build-arg BASE=$(BASE) --target gpu -t genserve-gpu:$(IMAGE_TAG) -f docker/Dockerfile .
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m deployments.run

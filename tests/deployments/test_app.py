@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -112,3 +113,22 @@ def test_the_haproxy_wrapper_binds_loopback_limits_bodies_and_closes_ray_routes(
     page = (HAPROXY_WRAPPER.parent / "503.http").read_bytes().decode()  # CRLF kept
     assert page.startswith("HTTP/1.1 503") and "Retry-After: 2" in page
     assert json.loads(page.split("\r\n\r\n", 1)[1])["error"]["code"] == "unavailable"
+
+
+def test_the_haproxy_wrapper_finds_the_real_binary_where_ray_is_told_the_wrapper_is_haproxy(tmp_path: Path) -> None:
+    """The images set only RAY_SERVE_HAPROXY_BINARY_PATH (to the wrapper), as docker/serve.env does;
+    the wrapper must not take itself for HAProxy (it exec'd itself for ever in the first image run)."""
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAY_HAPROXY_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GENSERVE_HAPROXY")}
+    env["RAY_SERVE_HAPROXY_BINARY_PATH"] = str(HAPROXY_WRAPPER)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # python3 with ray_haproxy, as in the images
+    check = subprocess.run(
+        [str(HAPROXY_WRAPPER), "-c", "-f", str(cfg)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    env["GENSERVE_HAPROXY_REAL"] = str(HAPROXY_WRAPPER)  # told so outright: refused, not a loop
+    loop = subprocess.run(
+        [str(HAPROXY_WRAPPER), "-c", "-f", str(cfg)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert loop.returncode == 1 and "resolves to this wrapper" in loop.stderr
