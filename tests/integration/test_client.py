@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,31 @@ def test_the_installed_command_runs(server: Server, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae-3-0.jpg", "vae-3-1.jpg"]
     assert Image.open(tmp_path / "vae-3-0.jpg").format == "JPEG"
+
+
+def test_the_cli_scores_and_edits_image_files(server: Server, tmp_path: Path) -> None:
+    with Client(server.url) as client:
+        digit = tmp_path / "digit.png"
+        digit.write_bytes(client.generate("vae", n=1, label=7, seed=2).files[0])
+    code, out, err = run_cli("score", "vae", str(digit), "--label", "7", "-k", "16", "--json", "--url", server.url)
+    assert code == 0, err
+    (row,) = json.loads(out)
+    assert row["file"] == str(digit) and row["iwae"] < 0 and row["iwae_bits_per_dim"] > 0
+    edits = tmp_path / "edits"
+    code, out, err = run_cli(
+        "edit", "diffusion", str(digit), "--label", "1", "--strength", "0.5", "--steps", "10", "-n", "2",
+        "--seed", "3", "--out", str(edits), "--url", server.url,
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in edits.iterdir()) == ["diffusion-3-0.png", "diffusion-3-1.png"]
+    mask = tmp_path / "mask.png"
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[:, :14] = 255  # regenerate the left half
+    Image.fromarray(pixels).save(mask)
+    code, out, err = run_cli(
+        "edit", "diffusion", str(digit), "--mask", str(mask), "--steps", "10", "--seed", "4", "--prefix", "inpainted",
+        "--out", str(edits), "--url", server.url,
+    )  # fmt: skip
+    assert code == 0, err
+    kept = np.asarray(Image.open(edits / "inpainted-4-0.png"))[:, 14:]
+    assert np.array_equal(kept, np.asarray(Image.open(digit))[:, 14:])  # the unmasked half comes back as sent
