@@ -44,11 +44,16 @@ def sse(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """genserve's error body (`ErrorResponse`), for a response or a stream's `error` event."""
+    return ErrorResponse(error=ErrorDetail(code=code, message=message, field=field)).model_dump()
+
+
 def error_response(
     status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    body = ErrorResponse(error=ErrorDetail(code=code, message=message, field=field))
-    return JSONResponse(body.model_dump(), status_code=status, headers={**(headers or {}), ERROR_CODE_HEADER: code})
+    body = error_body(code, message, field)
+    return JSONResponse(body, status_code=status, headers={**(headers or {}), ERROR_CODE_HEADER: code})
 
 
 def from_error(e: GenserveError) -> JSONResponse:

@@ -10,7 +10,6 @@ chunks the work stops once the deadline passes or the client leaves.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -21,7 +20,7 @@ from fastapi import FastAPI, Request
 from deployments.http import MAX_BODY_BYTES, parse_request
 from service import density, latents
 from service.cards import ModelCard
-from service.images import encode_images
+from service.images import base64_text, encode_images
 from service.inputs import MAX_IMAGE_BASE64_CHARS, decode_image, decode_images, to_network
 from service.registry import LoadedModel
 from service.schemas import (
@@ -83,8 +82,8 @@ def _images(model: LoadedModel, images: np.ndarray, started: float, req: Any) ->
     return ImagesResponse(
         model=model.card.name,
         output_format=req.output_format,
-        images=[base64.b64encode(f).decode("ascii") for f in files],
-        grid_base64=base64.b64encode(tiled).decode("ascii") if tiled is not None else None,
+        images=[base64_text(f) for f in files],
+        grid_base64=base64_text(tiled) if tiled is not None else None,
         timings=_timings(started),
     )
 

@@ -11,7 +11,6 @@ for JPEG or WebP. Errors here use OpenAI's error shape, which OpenAI's clients p
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import time
@@ -26,7 +25,7 @@ from deployments.http import ERROR_CODE_HEADER, parse_request, sse
 from service import openai_images
 from service.cards import ModelCard
 from service.errors import GenserveError, InvalidRequest, ModelNotFound, Overloaded
-from service.images import ImageFormat, transcode
+from service.images import ImageFormat, base64_as
 from service.inputs import decode_file, load_file, to_network
 from service.jobs import Edit, Job
 from service.schemas import REQUEST_SCHEMAS
@@ -68,7 +67,7 @@ async def openai_events(
 
     try:
         async for e in events:
-            b64 = base64.b64encode(transcode(e["png"], fmt, quality)).decode("ascii") if "png" in e else None
+            b64 = base64_as(e["png"], fmt, quality) if "png" in e else None
             if e["type"] == "partial":
                 yield event("image_generation.partial_image", b64_json=b64, image_index=e["index"],
                             partial_image_index=e["partial_image_index"], **common)  # fmt: skip
@@ -85,10 +84,7 @@ def images_response(
     pngs: list[bytes], seconds: float, job: Job, card: ModelCard, fmt: ImageFormat, quality: int | None
 ) -> JSONResponse:
     """OpenAI's images response (`created`, `data` of `b64_json`), genserve's fields beside it."""
-    data = [
-        {"b64_json": base64.b64encode(transcode(p, fmt, quality)).decode("ascii"), "seed": job.seed, "index": i}
-        for i, p in enumerate(pngs)
-    ]
+    data = [{"b64_json": base64_as(p, fmt, quality), "seed": job.seed, "index": i} for i, p in enumerate(pngs)]
     return JSONResponse(
         {
             "created": int(time.time()),

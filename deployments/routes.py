@@ -8,7 +8,6 @@ OpenAPI document that covers every route (the model routes appear there under `{
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, make_app, parse_request, sse
+from deployments.http import ERROR_CODE_HEADER, ErrorRecorder, error_body, make_app, parse_request, sse
 from deployments.image_routes import Check, add_image_routes, body_limits, routes_for
 from deployments.oip_routes import add_oip_routes
 from deployments.openai_routes import (
@@ -35,7 +34,7 @@ from deployments.openai_routes import (
 from service import latents
 from service.cards import ModelCard
 from service.errors import GenserveError, ModelNotFound, Overloaded
-from service.images import ImageFormat, transcode
+from service.images import ImageFormat, base64_as, base64_text
 from service.inputs import decode_image, to_network
 from service.jobs import Edit, Job
 from service.registry import LoadedModel
@@ -109,17 +108,15 @@ def generate_response(name: str, seed: int, out: Images, req: Any) -> GenerateRe
     """The JSON answer to `req` (anything with `output_format` and `quality`): the replica's PNGs
     in the format asked for."""
     fmt, quality = req.output_format, req.quality
-
-    def b64(png: bytes) -> str:
-        return base64.b64encode(transcode(png, fmt, quality)).decode("ascii")
-
-    images = [GeneratedImage(image_base64=b64(p), seed=seed, index=i) for i, p in enumerate(out.pngs)]
+    images = [
+        GeneratedImage(image_base64=base64_as(p, fmt, quality), seed=seed, index=i) for i, p in enumerate(out.pngs)
+    ]
     timings = Timings(
         queue_seconds=out.queue_seconds,
         compute_seconds=out.total_seconds - out.queue_seconds,
         total_seconds=out.total_seconds,
     )
-    grid = b64(out.grid) if out.grid is not None else None
+    grid = base64_as(out.grid, fmt, quality) if out.grid is not None else None
     return GenerateResponse(model=name, output_format=fmt, images=images, grid_base64=grid, timings=timings)
 
 
@@ -138,17 +135,16 @@ async def stream_events(
             if e["type"] == "progress":
                 yield sse("progress", {"step": e["step"], "total": e["total"]})
             elif e["type"] == "preview":
-                b64 = [base64.b64encode(p).decode("ascii") for p in e["pngs"]]
-                yield sse("preview", {"step": e["step"], "images": b64})
+                yield sse("preview", {"step": e["step"], "images": [base64_text(p) for p in e["pngs"]]})
             elif e["type"] == "image":
-                data = base64.b64encode(transcode(e["png"], fmt, quality)).decode("ascii")
+                data = base64_as(e["png"], fmt, quality)
                 yield sse("image", {"index": e["index"], "image_base64": data, "seed": seed})
             elif e["type"] == "done":
                 total, queue = e["seconds"], e["queue_seconds"]
                 timings = {"queue_seconds": queue, "compute_seconds": total - queue, "total_seconds": total}
                 yield sse("done", {"timings": timings})
     except GenserveError as err:
-        yield sse("error", {"error": {"code": err.reason, "message": err.message, "field": err.field}})
+        yield sse("error", error_body(err.reason, err.message, err.field))
 
 
 def openapi_body() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import Literal
 
@@ -46,6 +47,16 @@ def png_bytes(image: np.ndarray) -> bytes:
 def transcode(png: bytes, fmt: ImageFormat, quality: int | None) -> bytes:
     """PNG bytes (what a replica's sampler answers) in another format; PNG stays as it is."""
     return png if fmt == "png" else image_bytes(decode_png(png), fmt, quality)
+
+
+def base64_text(data: bytes) -> str:
+    """A file as the base64 text JSON answers carry."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def base64_as(png: bytes, fmt: ImageFormat, quality: int | None) -> str:
+    """A replica's PNG as base64 text in the format a request asked for."""
+    return base64_text(transcode(png, fmt, quality))
 
 
 def decode_png(data: bytes) -> np.ndarray:
