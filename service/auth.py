@@ -26,10 +26,7 @@ def _file_keys(path: str) -> list[str]:
 
 def load_api_keys(environ: dict[str, str] | None = None) -> list[str]:
     """Keys from the comma-separated env variable and/or a file with one key per line."""
-    env = os.environ if environ is None else environ
-    keys = [k.strip() for k in env.get(KEYS_ENV, "").split(",") if k.strip()]
-    path = env.get(KEYS_FILE_ENV)
-    return keys + _file_keys(path) if path else keys
+    return KeyRing(environ).keys()
 
 
 class KeyRing:

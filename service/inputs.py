@@ -82,16 +82,11 @@ def decode_image(text: str, card: ModelCard, field: str) -> np.ndarray:
     return decode_file(decode_base64(text, field), card, field)
 
 
-def open_checked(data: bytes, card: ModelCard, field: str) -> Image.Image:
-    """A PNG/JPEG file of the card's size, opened (header read, pixels not yet decoded)."""
-    _, h, w = card.image_shape
-    return _open(data, field, h, w)
-
-
 def load_file(data: bytes, card: ModelCard, field: str) -> Image.Image:
     """A PNG/JPEG file of the card's size with its pixels decoded: truncated or corrupt pixel
     data is refused naming `field`, not raised later by whoever reads the pixels."""
-    img = open_checked(data, card, field)
+    _, h, w = card.image_shape
+    img = _open(data, field, h, w)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:

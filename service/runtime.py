@@ -97,7 +97,6 @@ class OnnxModel:
         if not path.is_file():
             raise ModelLoadError(f"{path}: ONNX file not found")
         providers = providers_for(device)
-        self.wanted_provider = wanted_provider(device)
         self.ways = intra_op_threads if slices and providers[0] == "CPUExecutionProvider" else 1
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1 if self.ways > 1 else intra_op_threads
@@ -114,17 +113,14 @@ class OnnxModel:
             opts.intra_op_num_threads = intra_op_threads
             self._whole = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.path = path
+        # Why this session does not run on the provider it was asked for, or None (fixed once made).
+        self.fallback: str | None = fallback_note(wanted_provider(device), self.provider)
         self.inputs = {i.name: _input_spec(i) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     @property
     def provider(self) -> str:
         return str(self.session.get_providers()[0])
-
-    @property
-    def fallback(self) -> str | None:
-        """Why this session does not run on the provider it was asked for, or None."""
-        return fallback_note(self.wanted_provider, self.provider)
 
     def check_io(self, inputs: dict[str, str], output: str) -> None:
         """Fails with one message naming the file when the card's roles do not match the graph."""
