@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 SERVE_VENV := .venv-serve
 
-.PHONY: test serve lint typecheck bench bench-core chaos loadtest screenshots images clean
+.PHONY: test serve lint typecheck bench bench-core chaos loadtest screenshots images image-cpu image-gpu image-monitoring clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ test: $(VENV)/.installed
 	bash scripts/ensure_package.sh prometheus prometheus
 	bash scripts/ensure_package.sh prometheus-alertmanager prometheus-alertmanager
 	bash scripts/ensure_package.sh chromium chromium
+	bash scripts/container_setup.sh localhost/debian:bookworm
 	$(VENV)/bin/ruff check service deployments training tests loadtests client monitoring
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -q
@@ -49,9 +50,12 @@ BASE ?= python:3.11.7-slim-bookworm
 IMAGE_BUILD_ARGS ?=
 # podman keeps HEALTHCHECK only in docker's image format
 IMAGE_FORMAT := $(if $(findstring podman,$(CONTAINER)),--format docker,)
-images:
-	$(CONTAINER) build $(IMAGE_FORMAT) $(IMAGE_BUILD_ARGS) --build-arg BASE=$(BASE) --target cpu -t genserve-cpu:$(IMAGE_TAG) -f docker/Dockerfile .
-	$(CONTAINER) build $(IMAGE_FORMAT) $(IMAGE_BUILD_ARGS) --build-arg BASE=$(BASE) --target gpu -t genserve-gpu:$(IMAGE_TAG) -f docker/Dockerfile .
+images: image-cpu image-gpu
+image-cpu image-gpu: image-%:
+	$(CONTAINER) build $(IMAGE_FORMAT) $(IMAGE_BUILD_ARGS) --build-arg BASE=$(BASE) --target $* -t genserve-$*:$(IMAGE_TAG) -f docker/Dockerfile .
+# Prometheus and Alertmanager from Debian's packages, for compose where no registry is reachable.
+image-monitoring:
+	$(CONTAINER) build $(IMAGE_FORMAT) $(IMAGE_BUILD_ARGS) --build-arg BASE=$(BASE) -t genserve-monitoring:$(IMAGE_TAG) -f docker/monitoring.Dockerfile .
 
 serve: $(SERVE_VENV)/.installed
 	$(SERVE_VENV)/bin/python -m deployments.run

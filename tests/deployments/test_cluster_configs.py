@@ -40,7 +40,7 @@ def test_compose_gpu_worker_reserves_an_nvidia_device() -> None:
 
 def test_ports_agree_across_compose_prometheus_and_grafana() -> None:
     services = compose()["services"]
-    assert "8000:8000" in services["ray-head"]["ports"]
+    assert "${GENSERVE_PORT:-8000}:8000" in services["ray-head"]["ports"]
     head_script = (ROOT / "docker" / "head.sh").read_text()
     assert "--metrics-export-port=8080" in head_script and "serve deploy deployments/serve_config.yaml" in head_script
     assert '"--metrics-export-port=8080"' in (ROOT / "docker" / "Dockerfile").read_text()
@@ -49,15 +49,16 @@ def test_ports_agree_across_compose_prometheus_and_grafana() -> None:
     assert sd_file.startswith("/tmp/ray/") and "ray-tmp:/tmp/ray:ro" in services["prometheus"]["volumes"]
     datasource = yaml.safe_load((ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
-    assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+    assert "127.0.0.1:${PROMETHEUS_PORT:-9090}:9090" in services["prometheus"]["ports"]
 
 
 def test_only_the_api_is_published_beyond_loopback_and_alerts_reach_the_receiver() -> None:
     services = compose()["services"]
-    assert "8000:8000" in services["ray-head"]["ports"]  # the API is meant to be reached
+    api = "${GENSERVE_PORT:-8000}:8000"
+    assert api in services["ray-head"]["ports"]  # the API is meant to be reached
     for name, svc in services.items():
         for port in svc.get("ports", []):
-            assert port == "8000:8000" or port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+            assert port == api or port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
     prom = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
     assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
     assert "alertmanager" in services and "alert-log" in services
@@ -107,7 +108,8 @@ def test_every_node_runs_the_serve_mode_that_was_benchmarked() -> None:
     assert (ROOT / "deployments" / "haproxy" / "haproxy-genserve").stat().st_mode & 0o111
     assert int(shipped["RAY_SERVE_HAPROXY_TIMEOUT_SERVER_S"]) > 120, "above the request deadline"
     services = compose()["services"]
-    assert services["ray-head"]["env_file"] == services["ray-gpu-worker"]["env_file"] == "docker/serve.env"
+    nodes = ("ray-head", "ray-gpu-worker", "ray-cpu-worker")
+    assert {services[s]["env_file"] for s in nodes} == {"docker/serve.env"}
     manifest = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
     cluster = manifest["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
@@ -137,11 +139,15 @@ def test_one_dockerfile_makes_head_and_worker_match_and_run_as_a_user_with_a_hea
 def test_images_are_named_alike_by_make_compose_and_the_rayservice_and_keys_reach_every_node() -> None:
     makefile = (ROOT / "Makefile").read_text()
     tag = re.search(r"^IMAGE_TAG \?= (\S+)$", makefile, re.M).group(1)  # type: ignore[union-attr]
-    built = {f"genserve-{t}:{tag}" for t in re.findall(r"--target (\w+) -t genserve-\1:\$\(IMAGE_TAG\)", makefile)}
-    assert built == {f"genserve-cpu:{tag}", f"genserve-gpu:{tag}"}
+    targets = re.search(
+        r"^image-cpu image-gpu: image-%:\n\t.* --target \$\* -t genserve-\$\*:\$\(IMAGE_TAG\) ", makefile, re.M
+    )
+    assert targets and re.search(r"^images: image-cpu image-gpu$", makefile, re.M)
+    built = {f"genserve-cpu:{tag}", f"genserve-gpu:{tag}"}
     services = compose()["services"]
-    assert {services["ray-head"]["image"], services["ray-gpu-worker"]["image"]} == built
-    assert all("GENSERVE_API_KEYS" in services[s]["environment"] for s in ("ray-head", "ray-gpu-worker"))
+    nodes = ("ray-head", "ray-gpu-worker", "ray-cpu-worker")
+    assert {services[s]["image"] for s in nodes} == built
+    assert all("GENSERVE_API_KEYS" in services[s]["environment"] for s in nodes)
     text = (ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text()
     cluster = yaml.safe_load(text)["spec"]["rayClusterConfig"]
     pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
