@@ -26,6 +26,7 @@ import ray
 from fastapi import FastAPI
 from ray import serve
 
+from deployments.autoscaling import BACKLOG_SECONDS, QUEUED_ROWS
 from deployments.metrics import ModelMetrics
 from deployments.routes import Images, model_app
 from service.cards import ModelCard
@@ -338,6 +339,16 @@ class DiffusionReplica(_Replica):
 
     def probe_job(self) -> Job:
         return DiffusionJob(seed=0, n=1, steps=1, label=None if self.card.null_label is not None else 0)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The work this replica holds, for `deployments.autoscaling.QueuedWorkPolicy` (Serve calls
+        this every `metrics_interval_s`): network rows still to run, and those rows in seconds
+        at the pace the replica measures (left out until it has run a step: no pace yet)."""
+        stats = {QUEUED_ROWS: float(self.scheduler.queued_rows)}
+        backlog = self.scheduler.backlog_seconds
+        if backlog is not None:
+            stats[BACKLOG_SECONDS] = backlog
+        return stats
 
     async def _generate(self, job: Job, deadline: float, grid: bool, metrics: ModelMetrics | None) -> Images:
         return await self._submit(job, deadline, grid, metrics, None)

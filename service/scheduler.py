@@ -145,6 +145,13 @@ class StepScheduler:
         """Network rows still to run for every queued lane: the queue's work."""
         return sum((lane.plan.num_steps - lane.step) * lane.rows for lane in self._lanes)
 
+    @property
+    def backlog_seconds(self) -> float | None:
+        """The queued work in seconds at the measured pace, or None before the first iteration."""
+        if self._rows_per_s is None:
+            return None
+        return self.queued_rows / self._rows_per_s
+
     def estimated_wait(self, job: DiffusionJob) -> float | None:
         """Seconds until `job` would finish if admitted now, or None before the first iteration."""
         if self._rows_per_s is None:

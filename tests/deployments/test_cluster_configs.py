@@ -159,3 +159,25 @@ def test_images_are_named_alike_by_make_compose_and_the_rayservice_and_keys_reac
             env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1" and env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
         )
     assert "kubectl create secret generic genserve-api-keys --from-literal=keys=" in text  # how to make it
+
+
+def test_step_level_models_scale_on_queued_work_wherever_they_are_deployed() -> None:
+    """Every diffusion-family application in the Serve config (and so in the RayService, which
+    mirrors it) names genserve's queued-work policy, and the path imports."""
+    from ray._common.utils import import_module_and_attr
+
+    from deployments.autoscaling import QueuedWorkPolicy
+    from service.cards import discover, load_card
+
+    families = {folder.name: load_card(folder).family for folder in discover(ROOT / "exported")}
+    shipped = yaml.safe_load((ROOT / "deployments" / "serve_config.yaml").read_text())
+    checked = 0
+    for app in shipped["applications"]:
+        model = app.get("args", {}).get("model")
+        if families.get(model) != "diffusion":
+            continue
+        policy = app["deployments"][0]["autoscaling_config"]["policy"]
+        _, target = import_module_and_attr(policy["policy_function"])
+        assert target is QueuedWorkPolicy and QueuedWorkPolicy(**policy["policy_kwargs"]).target_backlog_s > 0
+        checked += 1
+    assert checked == 2  # diffusion and distilled

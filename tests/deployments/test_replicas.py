@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from deployments import replicas
+from deployments.autoscaling import BACKLOG_SECONDS, QUEUED_ROWS
 from deployments.replicas import DiffusionReplica, LatentModelReplica, _Ticket
 from deployments.routes import Images
 from service.errors import GenserveError
-from service.jobs import LatentJob
+from service.jobs import DiffusionJob, LatentJob
 
 
 def test_a_gan_request_whose_client_left_is_not_computed(tiny_model_dir: Path) -> None:
@@ -50,3 +51,28 @@ def test_health_fails_when_a_replica_cannot_answer_a_one_image_request(
         asyncio.run(replica.check_health())
     with pytest.raises(TimeoutError):
         asyncio.run(replica.ready())
+
+
+def test_a_diffusion_replica_reports_the_work_it_holds_for_autoscaling(tiny_model_dir: Path) -> None:
+    """`record_autoscaling_stats`: no backlog in seconds before any step (no pace yet); while a
+    request runs, its rows still to run, and those rows at the replica's measured pace; nothing
+    once it is done."""
+    replica = DiffusionReplica(str(tiny_model_dir), "tiny-diffusion", "cpu")
+
+    async def scenario() -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        before = await replica.record_autoscaling_stats()
+        job = DiffusionJob(seed=3, n=4, steps=400, sampler="ddim", label=1)
+        running = asyncio.create_task(replica.generate(job, time.time() + 60, False))
+        while replica.scheduler.backlog_seconds is None:
+            await asyncio.sleep(0.005)
+        during = await replica.record_autoscaling_stats()
+        await running
+        return before, during, await replica.record_autoscaling_stats()
+
+    before, during, after = asyncio.run(scenario())
+    assert before == {QUEUED_ROWS: 0.0}
+    rows = during[QUEUED_ROWS]
+    assert 0 < rows < 4 * 400 * 2 and rows % 2 == 0  # guided: two rows per image-step
+    pace = replica.scheduler._rows_per_s
+    assert pace is not None and during[BACKLOG_SECONDS] > 0
+    assert after[QUEUED_ROWS] == 0.0 and after[BACKLOG_SECONDS] == 0.0
