@@ -128,7 +128,7 @@ def model_application(
         if card.family == "diffusion"
         else {
             "max_batch_images": settings.max_batch,
-            "batch_wait_timeout_s": 0.005,
+            "batch_wait_timeout_s": 0.0,
             "max_queued_images": settings.max_queued_images,
         }
     )

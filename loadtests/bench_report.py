@@ -142,6 +142,14 @@ def _sat_value(report: dict[str, Any], peer: str, workload: str, key: str) -> fl
     return e["saturation"][key] if e else None
 
 
+def _worst_p99(ratios: dict[str, Any], key: str) -> str:
+    """'N.NNx' where N is the worst (largest) genserve p99 / peer p99 across the offered rates."""
+    lower_by = (ratios.get(key) or {}).get("p99_lower_by") or {}
+    if not lower_by:
+        return "n/a"
+    return f"{max(1 / v for v in lower_by.values()):.2f}x"
+
+
 def findings(report: dict[str, Any]) -> list[str]:
     """Where the time goes, in numbers from this run, and what would close each gap."""
     r = report["ratios"]
@@ -164,9 +172,10 @@ def findings(report: dict[str, Any]) -> list[str]:
         "edge is Python in the same process as the model. At 8 images per request genserve reaches "
         f"{_f((r.get('genserve/plain/gan-8') or {}).get('throughput'), 2)} of plain against "
         f"{_f((r.get('genserve/plain/gan-1') or {}).get('throughput'), 2)} at 1 image. Latency at equal load "
-        "below saturation is higher than plain's: a request waits up to the batch window (5 ms) for others to "
-        "join, which pays at saturation and costs at low load; an adaptive window (none when the replica is "
-        "idle) would close most of it.",
+        "below saturation: a request no longer waits for company when a batch slot is free "
+        "(`service/batcher.py`; batches form from what arrives while the model is busy), and genserve's p99 "
+        f"at 1 image is {_worst_p99(r, 'genserve/plain/gan-1')} plain's at its worst rate; what remains is "
+        "the hop through HAProxy and a Python edge that parses, admits and encodes in the model's process.",
         "",
     ]
     flops = r.get("diffusion_flops") or {}
