@@ -9,6 +9,8 @@ a ladder of rates for latency at equal offered load. Peers:
              when `.venv-pytriton` exists (`make bench` builds it)
 - genserve:  the app `make serve` runs
 - nobatch:   genserve with batching off (max batch 1)
+- window:    genserve whose GAN batches wait up to 5 ms for company (a fixed window, as Serve's
+             `@serve.batch` does), against genserve's default of no wait while a slot is free
 - reqlevel:  genserve with request-level diffusion batching (`loadtests/variants.py`)
 - empty:     genserve's route shape with no model work, and plain uvicorn likewise: the stack ceilings
 
@@ -47,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MIXED_STEPS = (10, 20, 50, 200)
 CONCURRENCY = 32
 ORT_THREADS = 2  # this machine's cores; every peer gets the same
+BATCH_WINDOW_S = 0.005  # the "window" variant: what GAN batches waited before service/batcher.py
 
 
 @dataclass(frozen=True)
@@ -268,9 +271,10 @@ def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from deployments.app import build_apps
+    from deployments.app import build_apps, model_deployment_name
     from loadtests.flops import flops_per_row, matmul_peak
     from loadtests.variants import empty_app, request_level_app
+    from service.settings import Settings
 
     seconds = 3.0 if args.quick else args.seconds
     (ROOT / "loadtests" / "results").mkdir(parents=True, exist_ok=True)
@@ -336,10 +340,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drive(gs, url, seconds, args.quick)
         peers.append(gs)
         report["http_images_per_s"] = http_rates(url, overhead_batches, 2.0 if args.quick else 8.0)
+        settings = Settings(ort_threads=ORT_THREADS)  # the defaults build_apps(base_args) also uses
+        window = {
+            model_deployment_name("gan"): {
+                "user_config": {
+                    "max_batch_images": settings.max_batch,
+                    "batch_wait_timeout_s": BATCH_WINDOW_S,
+                    "max_queued_images": settings.max_queued_images,
+                }
+            }
+        }
         variants = [
             (
                 Peer("nobatch", "genserve, max batch 1", ("gan-1", "gan-8", "diffusion-20")),
                 build_apps({**base_args, "max_batch": 1}),
+            ),
+            (
+                Peer(
+                    "window",
+                    f"genserve, GAN batches wait up to {BATCH_WINDOW_S * 1000:g} ms for company (a fixed batch window)",
+                    ("gan-1", "gan-8"),
+                ),
+                build_apps({**base_args, "deployment_options": window}),
             ),
             (Peer("reqlevel", "genserve, request-level diffusion batching", ("mixed",)), request_level_app(base_args)),
             (

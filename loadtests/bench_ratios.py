@@ -40,7 +40,7 @@ def _div(a: float | None, b: float | None) -> float | None:
 def ratios(report: dict[str, Any]) -> dict[str, Any]:
     """Every ratio the issue asks for; > 1 means genserve (or step-level) is better."""
     out: dict[str, Any] = {}
-    for peer in ("plain", "nobatch", "triton"):
+    for peer in ("plain", "nobatch", "triton", "window"):
         for w in ("gan-1", "gan-8", "diffusion-20", "mixed"):
             mine, theirs = _sat(report, "genserve", w), _sat(report, peer, w)
             if mine is None or theirs is None:

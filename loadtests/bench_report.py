@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-PEER_ORDER = ("genserve", "plain", "triton", "nobatch", "reqlevel", "empty", "plain-empty")
+PEER_ORDER = ("genserve", "plain", "triton", "nobatch", "window", "reqlevel", "empty", "plain-empty")
 
 
 def _f(x: float | None, digits: int = 1) -> str:
