@@ -213,7 +213,7 @@ the signal.
 
 def reading(steps: dict[str, dict[str, Any]]) -> str:
     """What the two columns say, from the figures (only when both policies ran)."""
-    by_key = {("queued" if name.startswith("queued") else "ongoing"): s for name, s in steps.items()}
+    by_key = {cfg_key(POLICIES[name]): s for name, s in steps.items()}
     if set(by_key) != {"ongoing", "queued"}:
         return ""
     ongoing, queued = by_key["ongoing"], by_key["queued"]
