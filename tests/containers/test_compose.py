@@ -171,7 +171,9 @@ def test_every_family_answers_with_the_key_and_refuses_without(stack: Stack) -> 
 
 def test_model_replicas_run_on_the_worker_and_report_their_provider(stack: Stack) -> None:
     """Placement read from Ray's state API inside the head: every model's replica (its own HTTP
-    edge, holding its own copy of the keys) is on the worker node, the catalog on the head."""
+    edge, holding its own copy of the keys) is on the worker node. The catalog asks for a quarter
+    CPU and nothing else, so Ray may place it on either node (a CI run found it on the worker): it
+    only has to be alive, wherever it is."""
     script = (
         "import json, ray\n"
         "from ray.util.state import list_actors, list_nodes\n"
@@ -183,8 +185,9 @@ def test_model_replicas_run_on_the_worker_and_report_their_provider(stack: Stack
     out = stack.podman("exec", stack.container("ray-head"), "python", "-c", script)
     assert out.returncode == 0, out.stderr[-3000:]
     on_worker = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "ServeReplica:genserve:catalog" in on_worker, on_worker
+    on_worker.pop("ServeReplica:genserve:catalog")
     assert on_worker == {
-        "ServeReplica:genserve:catalog": False,
         **{f"ServeReplica:model-{m}:model-{m}": True for m in MODELS},
     }
     ready = requests.get(f"{stack.api}/readyz", timeout=30).json()
