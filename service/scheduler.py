@@ -24,16 +24,19 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
-from service.errors import DeadlineExceeded, GenserveError, Overloaded, TooCostly
-from service.generators import resolve_label
+from service.denoisers import Denoiser, LabelDenoiser
+from service.errors import DeadlineExceeded, GenserveError, InvalidRequest, Overloaded, TooCostly
 from service.jobs import DiffusionJob
 from service.noise import image_rng
 from service.registry import LoadedModel
-from service.samplers import SamplerPlan, make_plan, x0_from_output
+from service.samplers import SamplerPlan, x0_from_output
 from service.stats import RequestStats, StepStats
+
+T = TypeVar("T")
 
 # A request is promised a finish within this share of its remaining deadline (or, for a large
 # request on a quiet replica, its own work with PACE_ALLOWANCE, up to DEADLINE_SHARE_MAX of
@@ -47,7 +50,8 @@ DEADLINE_SHARE_MAX = 0.9
 
 @dataclass(frozen=True)
 class DiffusionResult:
-    """Images (n, C, H, W) in the card's value range, and how long the request took."""
+    """Images (n, C, H, W) in the card's value range (a latent pipeline's latents), and how long
+    the request took."""
 
     images: np.ndarray
     stats: RequestStats
@@ -83,7 +87,7 @@ class _Lane:
     index: int
     plan: SamplerPlan
     rng: np.random.Generator
-    label: int
+    cond: Any  # the request's conditioning, as its denoiser made it (a label, text embeddings)
     guided: bool
     x: np.ndarray
     x0_prev: np.ndarray
@@ -115,20 +119,19 @@ class _Batch:
 
 
 class StepScheduler:
-    """Runs diffusion jobs for one model with step-level batching; one per replica."""
+    """Runs diffusion jobs for one model with step-level batching; one per replica. `model` is a
+    loaded single-graph model or any `Denoiser` (a text-to-image pipeline)."""
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: LoadedModel | Denoiser,
         *,
         max_batch: int = 64,
         max_queued_lanes: int = 1024,
         aging: float = 1.0,
         on_step: Callable[[StepStats], None] | None = None,
     ) -> None:
-        if model.alphas_cumprod is None or model.card.schedule is None:
-            raise ValueError(f"model {model.name!r} is not a diffusion model")
-        self.model = model
+        self.model: Denoiser = model if not isinstance(model, LoadedModel) else LabelDenoiser(model)
         self.max_batch = max_batch
         self.max_queued_lanes = max_queued_lanes
         self.aging = aging
@@ -169,11 +172,19 @@ class StepScheduler:
         watcher must be quick and must not raise: it runs on the event loop)."""
         promise = self._admit(job)
         loop = asyncio.get_running_loop()
-        shape = self.model.card.image_shape
+        try:
+            shape = self.model.lane_shape(job)
+            plan = self.model.plan(job)
+            if self.model.heavy_condition:
+                cond = await self.run_off_loop(self.model.condition, job)
+            else:
+                cond = self.model.condition(job)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
         req = _Request(job, loop.create_future(), np.zeros((job.n, *shape), np.float32), job.n, time.monotonic())
         req.promise = promise
         req.watch = watch
-        self._add_lanes(req)
+        self._add_lanes(req, plan, cond, shape)
         self._ensure_loop()
         try:
             return await req.future
@@ -225,13 +236,14 @@ class StepScheduler:
     def _requests(self) -> set[_Request]:
         return {lane.request for lane in self._lanes}
 
-    def _add_lanes(self, req: _Request) -> None:
+    async def run_off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs `fn(*args)` on the compute thread, between iterations (a text encoder, a decoder):
+        one thread computes for the replica, so work off the loop never fights the steps for cores."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _add_lanes(self, req: _Request, plan: SamplerPlan, cond: Any, shape: tuple[int, ...]) -> None:
         job = req.job
-        assert self.model.alphas_cumprod is not None
-        plan = make_plan(job.sampler, job.steps, self.model.alphas_cumprod, job.eta, job.spacing, job.start)
-        label = resolve_label(self.model, job.label)
         guided = job.rows == 2
-        shape = self.model.card.image_shape
         self._seq += 1
         for i in range(job.n):
             rng = image_rng(job.seed, i)
@@ -240,7 +252,7 @@ class StepScheduler:
                 x = job.initial[i].astype(np.float32)
             if job.edit is not None and job.start > 0:  # SDEdit: the input noised to the first step's level
                 x = (plan.alpha[0] * job.edit.image + plan.sigma[0] * x).astype(np.float32)
-            lane = _Lane(req, i, plan, rng, label, guided, x, np.zeros_like(x), self._seq)
+            lane = _Lane(req, i, plan, rng, cond, guided, x, np.zeros_like(x), self._seq)
             self._lanes.append(lane)
         self._wake.set()
 
@@ -264,11 +276,12 @@ class StepScheduler:
                 self._drop(req, DeadlineExceeded(f"request passed its deadline after {now - req.submitted:.2f}s"))
 
     def _select(self) -> list[_Lane]:
-        """Up to `max_batch` rows, fewest remaining steps (less aging credit) first."""
+        """Up to `max_batch` rows, fewest remaining steps (less aging credit) first; lanes of
+        another shape than the first chosen (a text model's other image sizes) wait their turn."""
         chosen: list[_Lane] = []
         rows = 0
         for lane in sorted(self._lanes, key=lambda ln: ln.priority(self.aging)):
-            if rows + lane.rows <= self.max_batch:
+            if rows + lane.rows <= self.max_batch and (not chosen or lane.x.shape == chosen[0].x.shape):
                 chosen.append(lane)
                 rows += lane.rows
             else:
@@ -276,7 +289,7 @@ class StepScheduler:
         return chosen
 
     def _stack(self, lanes: list[_Lane]) -> _Batch:
-        shape = self.model.card.image_shape
+        shape = lanes[0].x.shape
         coeffs = np.empty((len(lanes), 6), np.float64)
         z = np.zeros((len(lanes), *shape), np.float32)
         masks = [ln.request.job.edit.mask if ln.request.job.edit is not None else None for ln in lanes]
@@ -299,10 +312,10 @@ class StepScheduler:
         """An inpainting lane's input image at the noise level its current step goes to: fresh
         noise from the lane's own generator (q(x_t | x_0), as RePaint), the image itself at the end."""
         edit = lane.request.job.edit
-        assert edit is not None and self.model.alphas_cumprod is not None
+        assert edit is not None
         if lane.step + 1 == lane.plan.num_steps:
             return edit.image
-        abar = float(self.model.alphas_cumprod[lane.plan.timesteps[lane.step + 1]])
+        abar = float(lane.plan.alpha[lane.step + 1]) ** 2
         noise = lane.rng.standard_normal(lane.x.shape)
         noised: np.ndarray = (np.sqrt(abar) * edit.image + np.sqrt(1.0 - abar) * noise).astype(np.float32)
         return noised
@@ -310,30 +323,18 @@ class StepScheduler:
     def _compute(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray, float]:
         """Network call and coefficient update for one iteration (runs in the executor thread)."""
         t0 = time.perf_counter()
-        card, lanes = self.model.card, batch.lanes
-        guided = np.array([ln.guided for ln in lanes])
+        lanes = batch.lanes
+        gi = np.flatnonzero([ln.guided for ln in lanes])
         timesteps = np.array([ln.plan.timesteps[ln.step] for ln in lanes])
-        labels = np.array([ln.label for ln in lanes], np.int64)
-        null = card.null_label if card.null_label is not None else 0
-        gi = np.flatnonzero(guided)
-        roles = card.onnx.inputs
-        feeds = {
-            roles["sample"]: np.concatenate([batch.x, batch.x[gi]]),
-            roles["timestep"]: np.concatenate([timesteps, timesteps[gi]]),
-            roles["label"]: np.concatenate([labels, np.full(len(gi), null, np.int64)]),
-        }
-        if "num_steps" in roles:  # a step-conditioned (distilled) model also takes each lane's step count
-            counts = np.array([ln.plan.num_steps for ln in lanes], np.int64)
-            feeds[roles["num_steps"]] = np.concatenate([counts, counts[gi]])
-        out = self.model.onnx.run(card.onnx.output, feeds).astype(np.float32)
+        counts = np.array([ln.plan.num_steps for ln in lanes], np.int64)
+        out = self.model.run(batch.x, timesteps, [ln.cond for ln in lanes], gi, counts)
         pred = out[: len(lanes)]
         if len(gi):
             w = np.array([ln.request.job.guidance for ln in lanes], np.float32)[gi, None, None, None]
             uncond = out[len(lanes) :]
             pred[gi] = uncond + w * (pred[gi] - uncond)
-        c = batch.coeffs.astype(np.float32)[:, :, None, None, None]
-        assert card.schedule is not None
-        x0 = x0_from_output(pred, batch.x, c[:, 0], c[:, 1], card.schedule.prediction_type)
+        c = batch.coeffs.astype(np.float32)[(slice(None), slice(None), *(None,) * (batch.x.ndim - 1))]
+        x0 = x0_from_output(pred, batch.x, c[:, 0], c[:, 1], self.model.prediction_type)
         x_next = c[:, 2] * batch.x + c[:, 3] * x0 + c[:, 4] * batch.x0_prev + c[:, 5] * batch.z
         if batch.keep is not None and batch.known is not None:
             x_next = np.where(batch.keep > 0, batch.known, x_next)
