@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 
 class GenserveError(Exception):
     """Base class: `status` is the HTTP status, `reason` a short stable code (a metric label)."""
@@ -48,6 +52,19 @@ class ModelLoadError(GenserveError):
 
     status = 500
     reason = "model_load"
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file as a dict; anything else fails with a message naming the file."""
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object")
+    return data
 
 
 class TooCostly(GenserveError):

@@ -70,10 +70,18 @@ class DiffusionJob:
     # (n, C, H, W): each image's starting noise instead of its first draw (interpolation between
     # seeds); the rest of its noise still comes from (seed, index).
     initial: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # Text-to-image: the prompt every image follows, the one guidance steers away from (the
+    # unconditional row of classifier-free guidance when empty), and the image (height, width)
+    # when the model allows several sizes.
+    prompt: str | None = None
+    negative_prompt: str = ""
+    size: tuple[int, int] | None = None
 
     @property
     def rows(self) -> int:
         """Network rows per image per step."""
+        if self.prompt is not None:  # guidance mixes the prompt's row with the negative prompt's
+            return 1 if self.guidance == 1.0 else 2
         return network_rows(self.label, self.guidance)
 
     @property

