@@ -125,7 +125,7 @@ def model_application(
     cls = cls or REPLICA_CLASSES[card.family]
     user_config: dict[str, Any] = (
         {"max_batch": settings.max_batch, "max_queued_images": settings.max_queued_images}
-        if card.family == "diffusion"
+        if card.family in ("diffusion", "text2image")
         else {
             "max_batch_images": settings.max_batch,
             "batch_wait_timeout_s": 0.0,

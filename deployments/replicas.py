@@ -1,7 +1,8 @@
 """Model replicas: each is its model's HTTP edge and runs its model, in one process.
 
 GAN/VAE batch requests with `service.batcher` (counting images); diffusion runs the step
-scheduler. Plain classes: `deployments.app` makes them Serve ingress deployments, and Serve
+scheduler, and so does a text-to-image pipeline folder (its lanes carry their prompts' text
+embeddings; its latents are decoded when a request's last lane finishes). Plain classes: `deployments.app` makes them Serve ingress deployments, and Serve
 builds each replica's HTTP app from `__serve_build_asgi_app__` (the routes in
 `deployments.routes`). PNG encoding happens here, in a worker thread.
 
@@ -30,6 +31,7 @@ from deployments.metrics import ModelMetrics
 from deployments.routes import Images, model_app
 from service.batcher import Batcher
 from service.cards import ModelCard
+from service.denoisers import Denoiser, LabelDenoiser
 from service.errors import DeadlineExceeded, GenserveError, Overloaded
 from service.generators import generate_latent
 from service.images import encode_pngs, png_bytes, to_uint8
@@ -39,6 +41,7 @@ from service.runtime import Device
 from service.scheduler import Preview, StepScheduler, preview_steps
 from service.settings import Settings
 from service.stats import RequestStats, StepStats
+from service.text2image import TextDenoiser
 
 # A replica that cannot answer a 1-image request within this long is unhealthy. Far above a
 # batch's time under full load here (a 64-image GAN batch is ~0.1 s, a diffusion step ~0.1 s).
@@ -314,8 +317,16 @@ class DiffusionReplica(_Replica):
 
     def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
         super().__init__(model_dir, name, device, ort_threads)
-        self.scheduler = StepScheduler(self.model, on_step=self._on_step)
+        self.scheduler = StepScheduler(self.denoiser(), on_step=self._on_step)
         self.metrics.queue_limit(self.scheduler.max_queued_lanes)
+
+    def denoiser(self) -> Denoiser:
+        """What the scheduler's lanes run: the model's own graph."""
+        return LabelDenoiser(self.model)
+
+    async def finish(self, images: np.ndarray) -> np.ndarray:
+        """A finished request's lanes as images in the card's value range (here: already are)."""
+        return images
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Live knobs from `user_config`: max_batch (network rows), max_queued_images."""
@@ -367,10 +378,29 @@ class DiffusionReplica(_Replica):
             raise
         finally:
             self.metrics.queue_depth(self.scheduler.queued_lanes)
-        pngs, tiled = await asyncio.to_thread(encode_pngs, result.images, self.card.image.value_range, grid)
+        images = await self.finish(result.images)
+        pngs, tiled = await asyncio.to_thread(encode_pngs, images, self.card.image.value_range, grid)
         if metrics:
             metrics.request_done(result.stats, job.steps, job.n)
         return Images(pngs, tiled, result.stats.queue_seconds, result.stats.total_seconds)
+
+
+class TextToImageReplica(DiffusionReplica):
+    """A Stable-Diffusion-layout pipeline folder: each request's prompts are encoded once on the
+    compute thread, its lanes join the step scheduler with their text embeddings (requests with
+    different prompts share every UNet call), and its latents are decoded in one batched call."""
+
+    def denoiser(self) -> Denoiser:
+        assert self.model.pipeline is not None  # load_model gives a text2image card its pipeline
+        return TextDenoiser(self.model.pipeline)
+
+    async def finish(self, images: np.ndarray) -> np.ndarray:
+        pipeline = self.model.pipeline
+        assert pipeline is not None
+        return await self.scheduler.run_off_loop(pipeline.decode, images)
+
+    def probe_job(self) -> Job:
+        return DiffusionJob(seed=0, n=1, steps=1, prompt="", guidance=1.0)
 
 
 ReplicaClass = LatentModelReplica | DiffusionReplica
@@ -378,4 +408,5 @@ REPLICA_CLASSES: dict[str, type[ReplicaClass]] = {
     "gan": LatentModelReplica,
     "vae": LatentModelReplica,
     "diffusion": DiffusionReplica,
+    "text2image": TextToImageReplica,
 }

@@ -16,7 +16,7 @@ from service.errors import ModelLoadError
 from service.samplers import SamplerName
 from service.schedules import BetaSchedule
 
-Family = Literal["gan", "vae", "diffusion"]
+Family = Literal["gan", "vae", "diffusion", "text2image"]
 CARD_FILE = "model.json"
 
 
@@ -51,7 +51,8 @@ class OnnxIO(_Strict):
     file: str = Field("model.onnx", description="ONNX file, relative to the model folder.")
     inputs: dict[str, str] = Field(
         description="Role -> graph input name. gan/vae: `latent`, `label`; diffusion: `sample`, `timestep`, "
-        "`label`, and `num_steps` (the lane's step count) for a step-conditioned few-step model."
+        "`label`, and `num_steps` (the lane's step count) for a step-conditioned few-step model; text2image (the "
+        "UNet, `unet/model.onnx`): `sample`, `timestep`, `encoder_hidden_states`."
     )
     output: str = Field(
         description="Name of the graph output holding the images (or the diffusion model's prediction)."
@@ -74,6 +75,23 @@ class SamplingSpec(_Strict):
         if self.default_steps not in self.steps:
             raise ValueError(f"default_steps {self.default_steps} is not one of steps {self.steps}")
         return self
+
+
+class TextSpec(_Strict):
+    """text2image only: what requests may ask of a Stable-Diffusion-layout pipeline folder (its
+    parts are described by the folder itself: model_index.json, the parts' configs, the
+    tokenizer and the scheduler config)."""
+
+    size_multiple: int = Field(
+        ge=1, le=512, description="Image sides must be multiples of this (VAE scale x UNet downsampling)."
+    )
+    max_side: int = Field(ge=1, le=4096, description="Largest image height or width a request may ask for.")
+    default_guidance: float = Field(
+        7.5, ge=0, description="Classifier-free guidance a request gets when it names none."
+    )
+    max_prompt_chars: int = Field(
+        2000, ge=1, le=100_000, description="Longest prompt or negative prompt, in characters."
+    )
 
 
 class DensitySpec(_Strict):
@@ -111,6 +129,7 @@ REQUIRED_ROLES: dict[Family, set[str]] = {
     "gan": {"latent", "label"},
     "vae": {"latent", "label"},
     "diffusion": {"sample", "timestep", "label"},
+    "text2image": {"sample", "timestep", "encoder_hidden_states"},
 }
 
 
@@ -133,6 +152,7 @@ class ModelCard(_Strict):
     onnx: OnnxIO = Field(description="The ONNX generator and its input roles.")
     encoder: OnnxIO | None = Field(None, description="vae only: the (image, label) -> (mu, logvar) encoder.")
     density: DensitySpec | None = Field(None, description="vae only: how images are scored; needs `encoder`.")
+    text: TextSpec | None = Field(None, description="text2image only: prompts and image sizes requests may ask for.")
     provenance: Provenance = Field(description="Training data and the reproducing command.")
     quality: dict[str, dict[str, float]] = Field(
         default_factory=dict,
@@ -148,8 +168,16 @@ class ModelCard(_Strict):
             raise ValueError(f"onnx.inputs lacks role(s) {sorted(missing)} required for family {self.family!r}")
         if self.family == "diffusion" and self.schedule is None:
             raise ValueError("a diffusion card needs `schedule`")
-        if self.sampling is not None and self.family != "diffusion":
-            raise ValueError("`sampling` is for diffusion cards only")
+        if self.sampling is not None and self.family not in ("diffusion", "text2image"):
+            raise ValueError("`sampling` is for diffusion and text2image cards only")
+        if (self.family == "text2image") != (self.text is not None):
+            raise ValueError("a text2image card needs `text`, and only a text2image card has it")
+        if self.text is not None and (
+            self.image.height % self.text.size_multiple or self.image.width % self.text.size_multiple
+        ):
+            raise ValueError(
+                f"image size {self.image.height}x{self.image.width} is not a multiple of text.size_multiple {self.text.size_multiple}"
+            )
         if "num_steps" in self.onnx.inputs and self.sampling is None:
             raise ValueError(
                 "a step-conditioned model (onnx input role `num_steps`) needs `sampling` to list its steps"
@@ -174,6 +202,8 @@ class ModelCard(_Strict):
 
     def routes(self) -> list[str]:
         """The model's routes under `/v1/models/{name}`: what its family and card support."""
+        if self.family == "text2image":
+            return ["/generate"]
         out = ["/generate", "/interpolate"]
         if self.encoder is not None:
             out += ["/encode", "/reconstruct"]
@@ -211,7 +241,8 @@ def load_card(folder: Path) -> ModelCard:
 
 
 def discover(model_dir: Path) -> list[Path]:
-    """Model folders (those holding a card) in `model_dir`, sorted by name."""
+    """Model folders (those holding a card) in `model_dir`, sorted by name. A pipeline folder
+    (text2image) holds its card beside model_index.json."""
     if not model_dir.is_dir():
         raise ModelLoadError(f"{model_dir}: model directory does not exist")
     return sorted(p for p in model_dir.iterdir() if (p / CARD_FILE).is_file())

@@ -1,8 +1,9 @@
 """The OpenAI Images API's `POST /v1/images/generations`, mapped onto genserve's own requests.
 
-A request names a served model and a prompt. The prompt picks one of the card's labels by its
-name or, for digit labels, its number word ("3", "three", "a handwritten seven"); an empty
-prompt asks for an unconditional image where the model has one. genserve's own sampling fields
+A request names a served model and a prompt. A text-to-image model takes the prompt as it is
+(and `size` as "WxH"); for a label-conditioned model the prompt picks one of the card's labels
+by its name or, for digit labels, its number word ("3", "three", "a handwritten seven"); an
+empty prompt asks for an unconditional image where the model has one. genserve's own sampling fields
 (`seed`, `steps`, `sampler`, `guidance`, `eta`, `truncation`, `temperature`) ride along as extra
 body fields (the SDK's `extra_body`) and are validated exactly as on `/generate`.
 
@@ -96,13 +97,34 @@ def generate_body(req: ImagesGenerationRequest, card: ModelCard, limits: Limits)
         raise InvalidRequest(
             "response_format 'url' is not supported: genserve keeps no files; use b64_json", field="response_format"
         )
+    if req.n > limits.max_images:
+        raise InvalidRequest(f"at most {limits.max_images} images per request", field="n")
+    if card.family == "text2image":
+        return _text_body(req)
     own = f"{card.image.width}x{card.image.height}"
     if req.size not in (None, "auto", own):
         raise InvalidRequest(f"model {card.name!r} makes {own} images; size must be {own!r} or 'auto'", field="size")
-    if req.n > limits.max_images:
-        raise InvalidRequest(f"at most {limits.max_images} images per request", field="n")
     body: dict[str, Any] = {"n": req.n, "label": label_from_prompt(req.prompt, card)}
     for name in GENSERVE_FIELDS:
+        value = getattr(req, name)
+        if value is not None:
+            body[name] = value
+    return body
+
+
+def _text_body(req: ImagesGenerationRequest) -> dict[str, Any]:
+    """A text-to-image model's `/generate` body: the prompt as it is, `size` "WxH" as width and height."""
+    if req.partial_images:
+        raise InvalidRequest(
+            "partial_images is not available for text-to-image models yet; send 0", field="partial_images"
+        )
+    body: dict[str, Any] = {"n": req.n, "prompt": req.prompt}
+    if req.size not in (None, "auto"):
+        match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", req.size)
+        if match is None:
+            raise InvalidRequest("size must be 'WIDTHxHEIGHT' (e.g. '512x512') or 'auto'", field="size")
+        body["width"], body["height"] = int(match[1]), int(match[2])
+    for name in ("seed", "steps", "sampler", "guidance", "eta"):
         value = getattr(req, name)
         if value is not None:
             body[name] = value

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from service.cards import ModelCard, discover, load_card
+from service.cards import CARD_FILE, ModelCard, discover, load_card
 from service.errors import ModelLoadError
 from service.runtime import Device, OnnxModel
 from service.schedules import alphas_cumprod_for, betas_for
+
+if TYPE_CHECKING:
+    from service.text2image import TextPipeline
 
 
 @dataclass
@@ -21,6 +25,8 @@ class LoadedModel:
     onnx: OnnxModel
     encoder: OnnxModel | None = None
     alphas_cumprod: np.ndarray | None = field(default=None, repr=False)
+    # text2image: the whole pipeline folder (`onnx` is its UNet).
+    pipeline: TextPipeline | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -45,6 +51,8 @@ def _check_shapes(card: ModelCard, onnx: OnnxModel) -> None:
 def load_model(folder: Path, *, device: Device = "auto", intra_op_threads: int = 1) -> LoadedModel:
     """Loads one model folder, failing with a message that names the offending file."""
     card = load_card(folder)
+    if card.family == "text2image":
+        return _load_pipeline_model(folder, card, device, intra_op_threads)
     onnx = OnnxModel(folder / card.onnx.file, device=device, intra_op_threads=intra_op_threads)
     onnx.check_io(card.onnx.inputs, card.onnx.output)
     _check_shapes(card, onnx)
@@ -61,6 +69,30 @@ def load_model(folder: Path, *, device: Device = "auto", intra_op_threads: int =
         s = card.schedule
         abar = alphas_cumprod_for(betas_for(s.beta_schedule, s.num_train_timesteps, s.beta_start, s.beta_end))
     return LoadedModel(card, onnx, encoder, abar)
+
+
+def _load_pipeline_model(folder: Path, card: ModelCard, device: Device, intra_op_threads: int) -> LoadedModel:
+    """A Stable-Diffusion-layout folder: the pipeline's own checks, then the card against it."""
+    # Imported here: service.text2image builds on the step scheduler, which builds on this module.
+    from service.text2image import load_pipeline
+
+    pipeline = load_pipeline(folder, device=device, intra_op_threads=intra_op_threads)
+    pipeline.unet.check_io(card.onnx.inputs, card.onnx.output)
+    assert card.text is not None  # the card's validator: a text2image card has `text`
+    path = folder / CARD_FILE
+    if pipeline.default_size != (card.image.height, card.image.width) or card.image.channels != 3:
+        raise ModelLoadError(
+            f"{path}: image {card.image.channels}x{card.image.height}x{card.image.width}, but the pipeline makes "
+            f"3x{pipeline.default_size[0]}x{pipeline.default_size[1]} by default"
+        )
+    if card.text.size_multiple % pipeline.size_multiple:
+        raise ModelLoadError(
+            f"{path}: text.size_multiple {card.text.size_multiple} is not a multiple of the pipeline's "
+            f"{pipeline.size_multiple} (VAE scale x UNet downsampling)"
+        )
+    if tuple(card.image.value_range) != (0.0, 1.0):
+        raise ModelLoadError(f"{path}: image.value_range must be [0, 1] (the pipeline decodes to [0, 1])")
+    return LoadedModel(card, pipeline.unet, pipeline=pipeline)
 
 
 def load_cards(model_dir: Path) -> tuple[dict[str, ModelCard], dict[str, str]]:

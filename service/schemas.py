@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 
-from service.cards import ModelCard
+from service.cards import Family, ModelCard, TextSpec
 from service.images import ImageFormat
 from service.inputs import MAX_IMAGE_BASE64_CHARS
 from service.jobs import MIN_TRUNCATION, DiffusionJob, LatentJob, network_rows
@@ -95,14 +95,13 @@ class _Encoded(BaseModel):
         return v
 
 
-class _GenerateBase(_Encoded):
+class _Generate(_Encoded):
+    """What every generate request has: how many images, the seed, and streaming."""
+
     model_config = STRICT
 
     n: int = Field(1, ge=1, description="Number of images.")
     seed: Seed | None = None
-    label: int | None = Field(
-        None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
-    )
     stream: bool = Field(
         False,
         description="Answer with server-sent events (also with `Accept: text/event-stream`): diffusion progress "
@@ -117,13 +116,21 @@ class _GenerateBase(_Encoded):
             raise ValueError(f"at most {limit} images per request")
         return v
 
+    def resolved_seed(self) -> int:
+        return self.seed if self.seed is not None else secrets.randbelow(MAX_SEED)
+
+
+class _GenerateBase(_Generate):
+    """A label-conditioned model's generate request (GAN, VAE, diffusion)."""
+
+    label: int | None = Field(
+        None, ge=0, validate_default=True, description="Index into the model's labels; omit for unconditional."
+    )
+
     @field_validator("label")
     @classmethod
     def _label_in_card(cls, v: int | None, info: ValidationInfo) -> int | None:
         return _check_label(v, info)
-
-    def resolved_seed(self) -> int:
-        return self.seed if self.seed is not None else secrets.randbelow(MAX_SEED)
 
 
 class GanGenerateRequest(_GenerateBase):
@@ -174,6 +181,8 @@ class _DiffusionSampling(BaseModel):
     def _card_defaults(cls, data: Any, info: ValidationInfo) -> Any:
         """A model that supports only some samplers and step counts (a distilled one) has its own defaults."""
         card = _ctx(info)[0]
+        if isinstance(data, dict) and card is not None and card.text is not None:
+            data = {"guidance": card.text.default_guidance, **data}
         if isinstance(data, dict) and card is not None and card.sampling is not None:
             return {"steps": card.sampling.default_steps, "sampler": card.sampling.samplers[0], **data}
         return data
@@ -207,6 +216,13 @@ class _DiffusionSampling(BaseModel):
             raise ValueError(f"guidance scale at most {cap}")
         return v
 
+    def sampling_job(self, seed: int, n: int, deadline: float | None, **what: Any) -> DiffusionJob:
+        """A job sampling as this request asks; `what` is what the images show (label, prompt, ...)."""
+        return DiffusionJob(
+            seed=seed, n=n, steps=self.steps, sampler=self.sampler, guidance=self.guidance, eta=self.eta,
+            deadline=deadline, **what,
+        )  # fmt: skip
+
 
 class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
     """Images from a diffusion model."""
@@ -239,22 +255,85 @@ class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
         return self
 
     def to_job(self, deadline: float | None = None) -> DiffusionJob:
-        return DiffusionJob(
-            seed=self.resolved_seed(),
-            n=self.n,
-            steps=self.steps,
-            sampler=self.sampler,
-            label=self.label,
-            guidance=self.guidance,
-            eta=self.eta,
-            deadline=deadline,
+        return self.sampling_job(self.resolved_seed(), self.n, deadline, label=self.label)
+
+
+class TextGenerateRequest(_DiffusionSampling, _Generate):
+    """Images from a text-to-image pipeline: a prompt, and what guidance steers away from."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "a red apple on a table",
+                    "n": 2,
+                    "steps": 20,
+                    "sampler": "dpmpp_2m",
+                    "guidance": 7.5,
+                    "seed": 42,
+                }
+            ]
+        },
+    )
+
+    prompt: str = Field(description="What the images should show.")
+    negative_prompt: str = Field(
+        "", description="What guidance steers away from (its unconditional side when empty); unused at guidance 1."
+    )
+    height: int | None = Field(
+        None, ge=1, description="Image height in pixels: a multiple of the model's size_multiple, up to its max_side."
+    )
+    width: int | None = Field(
+        None, ge=1, description="Image width in pixels: a multiple of the model's size_multiple, up to its max_side."
+    )
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _text_within(cls, v: str, info: ValidationInfo) -> str:
+        card = _ctx(info)[0]
+        limit = card.text.max_prompt_chars if card is not None and card.text is not None else 2000
+        if len(v) > limit:
+            raise ValueError(f"at most {limit} characters")
+        return v
+
+    @field_validator("height", "width")
+    @classmethod
+    def _side_allowed(cls, v: int | None, info: ValidationInfo) -> int | None:
+        card = _ctx(info)[0]
+        if v is None or card is None or card.text is None:
+            return v
+        m, top = card.text.size_multiple, card.text.max_side
+        if v % m or v > top:
+            raise ValueError(f"must be a multiple of {m} up to {top}")
+        return v
+
+    @model_validator(mode="after")
+    def _cost_within(self, info: ValidationInfo) -> TextGenerateRequest:
+        _check_cost("n", "images", self.n, self.steps, 1 if self.guidance == 1.0 else 2, _ctx(info)[1])
+        card = _ctx(info)[0]
+        if card is not None and (self.height is not None or self.width is not None):
+            self._size = (self.height or card.image.height, self.width or card.image.width)
+        return self
+
+    _size: tuple[int, int] | None = None
+
+    def to_job(self, deadline: float | None = None) -> DiffusionJob:
+        return self.sampling_job(
+            self.resolved_seed(),
+            self.n,
+            deadline,
+            prompt=self.prompt,
+            negative_prompt=self.negative_prompt,
+            size=self._size,
         )
 
 
-REQUEST_SCHEMAS: dict[str, type[_GenerateBase]] = {
+REQUEST_SCHEMAS: dict[str, type[_Generate]] = {
     "gan": GanGenerateRequest,
     "vae": VaeGenerateRequest,
     "diffusion": DiffusionGenerateRequest,
+    "text2image": TextGenerateRequest,
 }
 
 
@@ -322,7 +401,7 @@ class ModelInfo(BaseModel):
     created: int = Field(description="When the model's card was written, Unix seconds.")
     owned_by: str = "genserve"
     name: str
-    family: Literal["gan", "vae", "diffusion"]
+    family: Family
     description: str
     image_shape: tuple[int, int, int]
     labels: list[str]
@@ -334,6 +413,10 @@ class ModelInfo(BaseModel):
     )
     max_images: int
     routes: list[str] = Field(description="The model's routes under /v1/models/{name}, e.g. /generate, /score.")
+    text: TextSpec | None = Field(
+        None,
+        description="text2image: image sizes (multiples of size_multiple up to max_side), default guidance, prompt length.",
+    )
     quality: dict[str, dict[str, float]]
     provider: str | None = Field(
         None,
@@ -346,7 +429,7 @@ class ModelInfo(BaseModel):
 
     @classmethod
     def from_card(cls, card: ModelCard, limits: Limits) -> ModelInfo:
-        diffusion = card.schedule is not None
+        diffusion = card.family in ("diffusion", "text2image")
         return cls(
             id=card.name,
             created=card.created,
@@ -361,6 +444,7 @@ class ModelInfo(BaseModel):
             steps=list(card.sampling.steps) if card.sampling else None,
             max_images=limits.max_images,
             routes=card.routes(),
+            text=card.text,
             quality=card.quality,
         )
 
@@ -641,16 +725,7 @@ class DiffusionInterpolateRequest(_Frames, _DiffusionSampling):
 
     def to_job(self, initial: np.ndarray) -> DiffusionJob:
         """The frames as one job of the scheduler: image i of `from_seed`, starting from `initial[i]`."""
-        return DiffusionJob(
-            seed=self.from_seed,
-            n=self.frames,
-            steps=self.steps,
-            sampler=self.sampler,
-            label=self.label,
-            guidance=self.guidance,
-            eta=self.eta,
-            initial=initial,
-        )
+        return self.sampling_job(self.from_seed, self.frames, None, label=self.label, initial=initial)
 
 
 class ModelList(BaseModel):

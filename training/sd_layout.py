@@ -146,10 +146,13 @@ def export_pipeline(
     vocab: dict[str, int],
     merges: list[tuple[str, str]],
     scheduler_config: dict[str, Any],
+    provenance: dict[str, Any],
+    description: str = "",
     max_length: int = 77,
 ) -> dict[str, float]:
-    """Writes the whole layout to `out`; returns each part's ONNX-vs-torch max abs difference
-    (checked at batch 1 and 3) so a caller can refuse a bad export."""
+    """Writes the whole layout to `out`, with genserve's card (`model.json`, named after the
+    folder); returns each part's ONNX-vs-torch max abs difference (checked at batch 1 and 3) so a
+    caller can refuse a bad export."""
     out.mkdir(parents=True, exist_ok=True)
     write_tokenizer(out / "tokenizer", vocab, merges, max_length)
     (out / "scheduler").mkdir(exist_ok=True)
@@ -210,6 +213,28 @@ def export_pipeline(
         "requires_safety_checker": False,
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # type: ignore[union-attr]
+    side = size * vae_scale
+    card = {
+        "name": out.name,
+        "family": "text2image",
+        "description": description,
+        "image": {"channels": 3, "height": side, "width": side, "value_range": [0.0, 1.0]},
+        "labels": [],
+        "null_label": None,
+        "onnx": {
+            "file": "unet/model.onnx",
+            "inputs": {"sample": "sample", "timestep": "timestep", "encoder_hidden_states": "encoder_hidden_states"},
+            "output": "out_sample",
+        },
+        "text": {
+            "size_multiple": vae_scale * 2 ** (len(unet.config.block_out_channels) - 1),  # type: ignore[union-attr]
+            "max_side": 2 * side,
+            "default_guidance": 7.5,
+        },
+        "provenance": provenance,
+    }
+    (out / "model.json").write_text(json.dumps(card, indent=2))
     rng = np.random.default_rng(0)
     diffs = {}
     for b in (1, 3):
@@ -298,6 +323,12 @@ def tiny_reference(out: Path, seed: int = 0, hidden_size: int = 32) -> dict[str,
     }
     return export_pipeline(
         out,
+        description="random weights: the parity reference for the Stable Diffusion layout, not a model",
+        provenance={
+            "data": "none: random weights",
+            "training_steps": 0,
+            "command": "python -c 'from training.sd_layout import tiny_reference; tiny_reference(Path(OUT))'",
+        },
         text_encoder=text_encoder,
         unet=unet,
         vae=vae,

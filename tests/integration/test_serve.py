@@ -215,7 +215,7 @@ def test_malformed_and_oversized_bodies_are_refused(server: Server) -> None:
 def test_openapi_has_an_example_per_family(server: Server) -> None:
     spec = requests.get(f"{server.url}/openapi.json", timeout=10).json()
     body = spec["paths"]["/v1/models/{name}/generate"]["post"]["requestBody"]["content"]["application/json"]
-    assert set(body["examples"]) == {"gan", "vae", "diffusion"}
+    assert set(body["examples"]) == {"gan", "vae", "diffusion", "text2image"}
     assert requests.get(f"{server.url}/docs", timeout=10).status_code == 200
 
 

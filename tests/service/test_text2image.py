@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from service import openai_images
+from service.cards import load_card
 from service.errors import InvalidRequest, ModelLoadError
 from service.jobs import DiffusionJob
+from service.registry import check_models, load_model
+from service.schemas import ModelInfo, TextGenerateRequest
+from service.settings import Limits
 from service.text2image import TextPipeline, TextToImage, load_pipeline
 from training.sd_layout import PARITY_ATOL, PARITY_CASES, PARITY_SEED, parity, tiny_reference
 
@@ -144,3 +151,83 @@ def test_an_unsupported_scheduler_setting_is_named(copy: Path) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), "clip_sample": True}))
     with pytest.raises(ModelLoadError, match=r"scheduler_config\.json: clip_sample = True is not supported"):
         load_pipeline(copy, device="cpu")
+
+
+@pytest.fixture
+def model_dir(folder: Path, tmp_path: Path) -> Path:
+    """A model directory holding the tiny pipeline under its card's name."""
+    root = tmp_path / "models"
+    shutil.copytree(folder, root / "tiny-sd")
+    card = json.loads((root / "tiny-sd" / "model.json").read_text())
+    (root / "tiny-sd" / "model.json").write_text(json.dumps({**card, "name": "tiny-sd"}))
+    return root
+
+
+def test_a_pipeline_folder_with_its_card_is_served_like_any_model(model_dir: Path) -> None:
+    cards, broken = check_models(model_dir)
+    assert broken == {} and cards["tiny-sd"].family == "text2image"
+    model = load_model(model_dir / "tiny-sd", device="cpu")
+    assert model.pipeline is not None and model.onnx is model.pipeline.unet
+    info = ModelInfo.from_card(cards["tiny-sd"], Limits())
+    assert info.routes == ["/generate"] and info.samplers == ["ddpm", "ddim", "dpmpp_2m"]
+    assert info.text is not None and (info.text.size_multiple, info.text.max_side) == (16, 128)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"image": {"channels": 3, "height": 32, "width": 32, "value_range": [0.0, 1.0]}}, "but the pipeline makes 3x64x64"),
+        ({"text": {"size_multiple": 8, "max_side": 128}}, "text.size_multiple 8 is not a multiple of the pipeline's 16"),
+        ({"text": None}, "a text2image card needs `text`"),
+        ({"onnx": {"file": "unet/model.onnx", "inputs": {"sample": "sample", "timestep": "t", "encoder_hidden_states": "encoder_hidden_states"}, "output": "out_sample"}}, "input 't' \\(role timestep\\) is not in the graph"),
+    ],
+)  # fmt: skip
+def test_a_card_that_does_not_fit_its_pipeline_names_model_json(
+    model_dir: Path, change: dict[str, Any], message: str
+) -> None:
+    path = model_dir / "tiny-sd" / "model.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    _, broken = check_models(model_dir)
+    assert re.search(message, broken["tiny-sd"]), broken
+    assert "model.json" in broken["tiny-sd"] or "unet/model.onnx" in broken["tiny-sd"]
+
+
+def validate(model_dir: Path, body: dict[str, Any]) -> TextGenerateRequest:
+    card = load_card(model_dir / "tiny-sd")
+    return TextGenerateRequest.model_validate(body, context={"card": card, "limits": Limits()})
+
+
+def test_requests_take_prompts_and_sizes_and_name_the_field_they_break(model_dir: Path) -> None:
+    req = validate(model_dir, {"prompt": "dog face", "n": 2, "height": 32, "seed": 1})
+    job = req.to_job()
+    assert (job.prompt, job.negative_prompt, job.size, job.guidance, job.rows) == ("dog face", "", (32, 64), 7.5, 2)
+    assert validate(model_dir, {"prompt": "x", "guidance": 1.0}).to_job().rows == 1
+    assert validate(model_dir, {"prompt": "x"}).to_job().size is None
+    for body, field in [
+        ({"n": 1}, "prompt"),
+        ({"prompt": "x", "height": 40}, "height"),
+        ({"prompt": "x", "width": 256}, "width"),
+        ({"prompt": "x", "label": 1}, "label"),
+        ({"prompt": "x" * 2001}, "prompt"),
+        ({"prompt": "x", "negative_prompt": "y" * 2001}, "negative_prompt"),
+        ({"prompt": "x", "n": 64, "steps": 1000}, None),  # over the cost cap
+    ]:
+        with pytest.raises(ValidationError) as e:
+            validate(model_dir, body)
+        if field is not None:
+            assert e.value.errors()[0]["loc"][0] == field, body
+
+
+def test_openai_images_requests_carry_the_prompt_straight_to_a_text_model(model_dir: Path) -> None:
+    card = load_card(model_dir / "tiny-sd")
+    req = openai_images.parse(b'{"model": "tiny-sd", "prompt": "a red apple", "n": 2, "size": "48x32", "seed": 4}')
+    body = openai_images.generate_body(req, card, Limits())
+    assert body == {"n": 2, "prompt": "a red apple", "width": 48, "height": 32, "seed": 4}
+    assert validate(model_dir, body).to_job().size == (32, 48)
+    for raw, field in [
+        (b'{"model": "tiny-sd", "prompt": "x", "size": "big"}', "size"),
+        (b'{"model": "tiny-sd", "prompt": "x", "stream": true, "partial_images": 2}', "partial_images"),
+    ]:
+        with pytest.raises(InvalidRequest) as e:
+            openai_images.generate_body(openai_images.parse(raw), card, Limits())
+        assert e.value.field == field
