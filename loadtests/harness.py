@@ -73,6 +73,9 @@ class Running:
 
     url: str
     metrics_url: str
+    # This Ray instance's own session folder: its Prometheus service-discovery file is there.
+    # (/tmp/ray/session_latest names whichever instance on the machine started last.)
+    session_dir: Path
 
 
 @contextmanager
@@ -98,7 +101,12 @@ def genserve(
         haproxy_ports=(free_port(), free_port()),
     )
     try:
-        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics")
+        from ray._private.worker import global_worker
+
+        node = global_worker.node
+        assert node is not None  # Ray is up: `start` returned
+        session = Path(node.get_session_dir_path())
+        yield Running(url, f"http://127.0.0.1:{metrics_port}/metrics", session)
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
         ray.shutdown()

@@ -14,9 +14,10 @@ SHIPPED = Path(__file__).resolve().parents[2] / "exported"
 
 
 class Server:
-    def __init__(self, url: str, metrics_url: str, model_dir: Path, keys_file: Path) -> None:
+    def __init__(self, url: str, metrics_url: str, model_dir: Path, keys_file: Path, session_dir: Path) -> None:
         self.url = url
         self.metrics_url = metrics_url
+        self.session_dir = session_dir
         self.model_dir = model_dir
         self.keys_file = keys_file
 
@@ -49,6 +50,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
     try:
         with genserve(SHIPPED) as running:
-            yield Server(running.url, running.metrics_url, SHIPPED, keys_file)
+            yield Server(running.url, running.metrics_url, SHIPPED, keys_file, running.session_dir)
     finally:
         os.environ.pop("GENSERVE_API_KEYS_FILE", None)

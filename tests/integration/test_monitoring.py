@@ -28,13 +28,19 @@ RATE_WINDOW = "30s"
 
 @pytest.fixture(scope="module")
 def prometheus(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The shipped prometheus.yml and alert rules, scraping every second instead of every five."""
+    """The shipped prometheus.yml and alert rules, scraping every second instead of every five,
+    and reading the test server's own service-discovery file: the shipped config's
+    /tmp/ray/session_latest follows whichever Ray instance on the machine started last, and a
+    test that starts another one (a scale-out cluster, chaos) would move the scrape off this
+    server mid-test, leaving its instant gauges without data."""
     work = tmp_path_factory.mktemp("prometheus")
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(MONITORING / "alerts.yml")]
     for job in config["scrape_configs"]:
         for sd in job.get("file_sd_configs", []):
+            assert sd["files"] == ["/tmp/ray/session_latest/prom_metrics_service_discovery.json"], sd
+            sd["files"] = [str(server.session_dir / "prom_metrics_service_discovery.json")]
             sd["refresh_interval"] = "1s"
     (work / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
@@ -133,7 +139,9 @@ def test_every_panel_returns_data_and_every_alert_evaluates(server: Server, prom
             ]
             if not missing:
                 break
-        assert not missing, "panels without data:\n" + "\n".join(missing)
+        targets = requests.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        scrapes = [(t["scrapeUrl"], t["health"], t["lastError"], t["lastScrapeDuration"]) for t in targets]
+        assert not missing, "panels without data:\n" + "\n".join(missing) + f"\ntargets: {scrapes}"
     finally:
         stop.set()
         sender.join()
