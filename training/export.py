@@ -313,10 +313,18 @@ def export_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float
     return _checked_export(clf, _image_inputs, out / EVAL_DIR / "classifier.onnx", ["image"], ["logits", "features"])
 
 
+def export_text2image(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
+    """The emoji text-to-image run as `exported/emoji-text` (the Stable Diffusion layout)."""
+    from training.text2image_train import export_text2image as export
+
+    return max(export(checkpoint_dir / "text2image.safetensors", out / "emoji-text").values())
+
+
 EXPORTERS = {
     "gan": export_gan,
     "vae": export_vae,
     "diffusion": export_diffusion,
     "distilled": export_distilled,
     "classifier": export_classifier,
+    "text2image": export_text2image,
 }

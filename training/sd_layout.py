@@ -142,22 +142,25 @@ def export_pipeline(
     *,
     text_encoder: torch.nn.Module,
     unet: torch.nn.Module,
-    vae: torch.nn.Module,
+    vae: torch.nn.Module | None,
     vocab: dict[str, int],
     merges: list[tuple[str, str]],
     scheduler_config: dict[str, Any],
     provenance: dict[str, Any],
     description: str = "",
     max_length: int = 77,
+    default_guidance: float = 7.5,
 ) -> dict[str, float]:
     """Writes the whole layout to `out`, with genserve's card (`model.json`, named after the
-    folder); returns each part's ONNX-vs-torch max abs difference (checked at batch 1 and 3) so a
-    caller can refuse a bad export."""
+    folder); without `vae`, a pixel-space pipeline (no `vae_decoder/`). Returns each part's
+    ONNX-vs-torch max abs difference (checked at batch 1 and 3) so a caller can refuse a bad
+    export."""
     out.mkdir(parents=True, exist_ok=True)
     write_tokenizer(out / "tokenizer", vocab, merges, max_length)
     (out / "scheduler").mkdir(exist_ok=True)
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler_config, indent=2))
-    te, un, vd = _TextEncoder(text_encoder), _Unet(unet), _VaeDecoder(vae)
+    te, un = _TextEncoder(text_encoder), _Unet(unet)
+    vd = _VaeDecoder(vae) if vae is not None else None
     hidden = int(unet.config.cross_attention_dim)  # type: ignore[union-attr]
     channels, size = int(unet.config.in_channels), int(unet.config.sample_size)  # type: ignore[union-attr]
     ids = torch.zeros(2, max_length, dtype=torch.int32)
@@ -187,16 +190,18 @@ def export_pipeline(
             "out_sample": {0: "batch", 2: "height", 3: "width"},
         },
     )
-    latent_channels = int(vae.config.latent_channels)  # type: ignore[union-attr]
-    export_onnx(
-        vd,
-        (torch.randn(2, latent_channels, size, size),),
-        out / "vae_decoder" / "model.onnx",
-        ["latent_sample"],
-        ["sample"],
-        {"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}},
-    )
-    for part, module in (("text_encoder", text_encoder), ("unet", unet), ("vae_decoder", vae)):
+    parts: list[tuple[str, torch.nn.Module]] = [("text_encoder", text_encoder), ("unet", unet)]
+    if vae is not None and vd is not None:
+        export_onnx(
+            vd,
+            (torch.randn(2, channels, size, size),),
+            out / "vae_decoder" / "model.onnx",
+            ["latent_sample"],
+            ["sample"],
+            {"latent_sample": {0: "batch", 2: "height", 3: "width"}, "sample": {0: "batch", 2: "height", 3: "width"}},
+        )
+        parts.append(("vae_decoder", vae))
+    for part, module in parts:
         config = module.config.to_dict() if hasattr(module.config, "to_dict") else dict(module.config)  # type: ignore[union-attr]
         (out / part / "config.json").write_text(json.dumps(config, indent=2, default=str))
     index = {
@@ -204,7 +209,7 @@ def export_pipeline(
         "_diffusers_version": "0.42.1",
         "text_encoder": ["diffusers", "OnnxRuntimeModel"],
         "unet": ["diffusers", "OnnxRuntimeModel"],
-        "vae_decoder": ["diffusers", "OnnxRuntimeModel"],
+        "vae_decoder": ["diffusers", "OnnxRuntimeModel"] if vae is not None else [None, None],
         "vae_encoder": [None, None],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", scheduler_config.get("_class_name", "PNDMScheduler")],
@@ -213,7 +218,7 @@ def export_pipeline(
         "requires_safety_checker": False,
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)  # type: ignore[union-attr]
+    vae_scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1  # type: ignore[union-attr]
     side = size * vae_scale
     card = {
         "name": out.name,
@@ -230,7 +235,7 @@ def export_pipeline(
         "text": {
             "size_multiple": vae_scale * 2 ** (len(unet.config.block_out_channels) - 1),  # type: ignore[union-attr]
             "max_side": 2 * side,
-            "default_guidance": 7.5,
+            "default_guidance": default_guidance,
         },
         "provenance": provenance,
     }
@@ -249,11 +254,12 @@ def export_pipeline(
                 "encoder_hidden_states": rng.standard_normal((b, max_length, hidden)).astype(np.float32),
             },
         )
-        diffs[f"vae_decoder@{b}"] = _check(
-            out / "vae_decoder" / "model.onnx",
-            vd,
-            {"latent_sample": rng.standard_normal((b, latent_channels, size, size)).astype(np.float32)},
-        )
+        if vd is not None:
+            diffs[f"vae_decoder@{b}"] = _check(
+                out / "vae_decoder" / "model.onnx",
+                vd,
+                {"latent_sample": rng.standard_normal((b, channels, size, size)).astype(np.float32)},
+            )
     return diffs
 
 
