@@ -170,3 +170,15 @@ def captions(e: Emoji) -> list[str]:
     """The texts an emoji is trained with: its name and short names, each also with its category."""
     texts = [e.name, *(s for s in e.short_names if s != e.name)]
     return texts + [f"{e.category.lower()}: {t}" for t in texts]
+
+
+def main() -> None:
+    """`python -m training.emoji_data`: fetch, render, and print what the split holds."""
+    split = load_split()
+    held = {int(k) for k in split.emoji_of[split.heldout]}
+    print(f"{len(split.emoji)} emoji, {len(split.images)} drawings at {split.images.shape[-1]} px")
+    print(f"held out: {len(held)} emoji, {int(split.heldout.sum())} drawings")
+
+
+if __name__ == "__main__":
+    main()
