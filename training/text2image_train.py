@@ -151,7 +151,7 @@ def train_text2image(cfg: TrainConfig, arch: Arch | None = None, split: EmojiSpl
         opt.step()
         ema_update(ema_unet, unet, trainer.step, cfg.recipe.ema_decay)
         ema_update(ema_text, text, trainer.step, cfg.recipe.ema_decay)
-        return {"loss": float(loss)}
+        return {"loss": float(loss.detach())}
 
     trainer.run(step, x, y)
     return trainer

@@ -67,10 +67,15 @@ class Encoding(TypedDict, total=False):
 
 class Sampling(Encoding, total=False):
     """What `generate` takes; which fields apply depends on the model's family: `truncation` (GAN),
-    `temperature` (VAE), `steps`, `sampler`, `guidance`, `eta` (diffusion)."""
+    `temperature` (VAE), `steps`, `sampler`, `guidance`, `eta` (diffusion), and `prompt`,
+    `negative_prompt`, `height`, `width` (text2image, which takes no `label`)."""
 
     n: int
     label: int | None
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
     seed: int
     steps: int
     sampler: str

@@ -106,6 +106,16 @@ def test_concurrent_prompts_over_http_equal_the_library(server: Server, model_di
     assert np.array_equal(alone, got[1]), "the same seed gives the same pixels alone or batched"
 
 
+def test_the_python_client_sends_prompts(server: Server, model_dir: Path) -> None:
+    from genserve_client import Client
+
+    with Client(server.url) as client:
+        result = client.generate(NAME, prompt="dog face", negative_prompt="green heart", n=2, seed=6, steps=12,
+                                 guidance=3.0, height=32, width=32)  # fmt: skip
+    arrays = result.arrays()
+    assert arrays.shape == (2, 32, 32, 3) and result.seed == 6
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
