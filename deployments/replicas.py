@@ -2,9 +2,10 @@
 
 GAN/VAE batch requests with `service.batcher` (counting images); diffusion runs the step
 scheduler, and so does a text-to-image pipeline folder (its lanes carry their prompts' text
-embeddings; its latents are decoded when a request's last lane finishes). Plain classes: `deployments.app` makes them Serve ingress deployments, and Serve
-builds each replica's HTTP app from `__serve_build_asgi_app__` (the routes in
-`deployments.routes`). PNG encoding happens here, in a worker thread.
+embeddings; its latents are decoded when a request's last lane finishes). Plain classes:
+`deployments.app` makes them Serve ingress deployments, and Serve builds each replica's HTTP
+app from `__serve_build_asgi_app__` (the routes in `deployments.routes`). PNG encoding happens
+here, in a worker thread.
 
 Health: Serve calls `check_health` every few seconds; it fails when the replica cannot answer a
 1-image request in time (a stuck network call, a loop that never ends), so Serve replaces it,
