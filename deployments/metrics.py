@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 from ray.util import metrics as ray_metrics
@@ -70,6 +72,10 @@ class ModelMetrics:
         self.m[names.PROVIDER.name].set(1, tags={**self.tags, "provider": name})
         self._limit_again()
 
+    def memory(self) -> None:
+        """This process's resident memory now."""
+        self.m[names.REPLICA_MEMORY.name].set(resident_bytes(), tags=self.tags)
+
     def queue_limit(self, images: int) -> None:
         """The refusal limit the queue alert compares the depth against."""
         self.limit = images
@@ -80,6 +86,18 @@ class ModelMetrics:
         so it is set with every depth and every health check too."""
         if self.limit is not None:
             self.m[names.QUEUE_LIMIT.name].set(self.limit, tags=self.tags)
+
+
+def resident_bytes() -> int:
+    """Resident set size of this process: /proc on Linux, else the peak (getrusage)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 class CatalogMetrics:

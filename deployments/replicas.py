@@ -80,6 +80,7 @@ class _Replica:
         if self.model.onnx.fallback:  # loud: a GPU replica quietly on the CPU is many times slower
             log.error("model %s (device=%s): %s", name, device, self.model.onnx.fallback)
         self.metrics.provider(self.model.onnx.provider)
+        self.metrics.memory()
 
     @property
     def card(self) -> ModelCard:
@@ -223,6 +224,7 @@ class _Replica:
         only with configuration, so they are exported however early they were first set."""
         await self.probe()
         self.metrics.provider(self.model.onnx.provider)
+        self.metrics.memory()
 
 
 class LatentModelReplica(_Replica):

@@ -111,6 +111,13 @@ PROVIDER = MetricSpec(
     "1 per replica under the ONNX Runtime provider it runs (CUDAExecutionProvider, CPUExecutionProvider).",
     ("model", "family", "provider"),
 )
+REPLICA_MEMORY = MetricSpec(
+    "genserve_replica_memory_bytes",
+    "gauge",
+    "Resident memory (RSS) of a replica process of the model, read at start and at every health check. "
+    "Several replicas of one model on one node report under the same labels (the latest reading).",
+    ("model", "family"),
+)
 IMAGES = MetricSpec(
     "genserve_images_generated_total",
     "counter",
@@ -156,6 +163,7 @@ ALL = (
     QUEUE_DEPTH,
     QUEUE_LIMIT,
     PROVIDER,
+    REPLICA_MEMORY,
     IMAGES,
     REQUESTS,
     ERRORS,

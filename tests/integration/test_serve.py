@@ -229,6 +229,7 @@ EXPECTED_METRICS = {
     exported_name(names.QUEUE_DEPTH): {"model", "family"},
     exported_name(names.QUEUE_LIMIT): {"model", "family"},
     exported_name(names.PROVIDER): {"model", "family", "provider"},
+    exported_name(names.REPLICA_MEMORY): {"model", "family"},
     exported_name(names.IMAGES): {"model", "family"},
     exported_name(names.REQUESTS): {"model", "family", "outcome"},
     exported_name(names.ERRORS): {"model", "reason"},
