@@ -34,6 +34,7 @@ from service.stats import RequestStats
 # What diffusers' OnnxStableDiffusionPipeline assumes when the VAE's config does not say.
 DEFAULT_SCALING_FACTOR = 0.18215
 DEFAULT_VAE_SCALE = 8
+PLAN_CACHE = 256  # sampler plans a replica keeps
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 
 
@@ -185,6 +186,8 @@ class TextDenoiser:
             raise ValueError("image-to-image and inpainting are not available for text-to-image pipelines yet")
         key = (job.sampler, job.steps, job.eta)
         if key not in self._plans:
+            if len(self._plans) >= PLAN_CACHE:  # eta is a float a client picks: keep the cache bounded
+                self._plans.clear()
             self._plans[key] = self.pipeline.schedule.plan(job.sampler, job.steps, job.eta)
         return self._plans[key]
 

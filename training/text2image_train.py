@@ -15,7 +15,6 @@ writes `exported/emoji-text/` in the standard layout with genserve's card.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 
 from service.clip_tokenizer import ClipTokenizer
 from training.emoji_data import DATA, EmojiSplit, captions, is_heldout, load_split
-from training.sd_layout import SPECIALS, export_pipeline, learn_bpe, write_tokenizer
+from training.sd_layout import export_pipeline, learn_bpe, write_tokenizer
 from training.train import TrainConfig, Trainer, ema_update
 
 SIZE = 32
@@ -168,21 +167,15 @@ def export_text2image(checkpoint: Path, out: Path, guidance: float = 3.0) -> dic
     tensors = ckpt.load_tensors(checkpoint)
     text.load_state_dict(ckpt.module_state(tensors, "ema_text"))
     unet.load_state_dict(ckpt.module_state(tensors, "ema_unet"))
-    vocab = json.loads((checkpoint.with_name(f"{checkpoint.stem}-tokenizer") / "vocab.json").read_text())
-    merges = [
-        tuple(line.split(" "))
-        for line in (checkpoint.with_name(f"{checkpoint.stem}-tokenizer") / "merges.txt").read_text().splitlines()[1:]
-        if line
-    ]
+    vocab, merges = tokenizer.vocab, list(tokenizer.ranks)  # ranks keep merges.txt's order
     provenance: dict[str, Any] = {
         "data": DATA,
         "training_steps": int(meta["step"]),
         "command": "genserve train text2image && genserve export text2image",
         "notes": "pixel-space diffusion, 32x32 RGB; text encoder trained from scratch with the UNet",
     }
-    assert SPECIALS[0] in vocab
     return export_pipeline(
-        out, text_encoder=text, unet=unet, vae=None, vocab=vocab, merges=merges,  # type: ignore[arg-type]
+        out, text_encoder=text, unet=unet, vae=None, vocab=vocab, merges=merges,
         scheduler_config=SCHEDULER, provenance=provenance, max_length=MAX_LENGTH, default_guidance=guidance,
         description="emoji from a text prompt (names like 'red apple', 'dog face'), 32x32 RGB, trained here",
     )  # fmt: skip
