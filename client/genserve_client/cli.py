@@ -19,6 +19,7 @@ EXAMPLES = f"""examples:
   genserve-client models
   genserve-client generate diffusion -n 8 --label 3 --steps 20 --seed 42 --out samples/
   genserve-client generate gan -n 16 --label 7 --grid --out samples/
+  genserve-client generate emoji-text --prompt "red apple" -n 4 --seed 1 --out samples/
   genserve-client classify vae samples/*.png
   genserve-client score vae samples/diffusion-42-0.png --label 3 -k 256
   genserve-client edit diffusion samples/diffusion-42-0.png --label 8 --strength 0.6 --out edits/
@@ -58,6 +59,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=int, default=1, help="number of images (default: 1)")
     p.add_argument("--label", help="label by name or index (default: unconditional where the model allows)")
+    p.add_argument("--prompt", help="what to draw (text-to-image models)")
+    p.add_argument("--negative-prompt", help="what to steer away from (text-to-image models, with guidance)")
+    p.add_argument("--height", type=int, help="image height in pixels (text-to-image; default: the model's)")
+    p.add_argument("--width", type=int, help="image width in pixels (text-to-image; default: the model's)")
     p.add_argument("--seed", type=int, help="seed; the same seed gives the same images (default: random)")
     p.add_argument("--steps", type=int, help="diffusion steps (default: the model's)")
     p.add_argument("--sampler", help="diffusion sampler: ddpm, ddim, dpmpp_2m (default: the model's)")
@@ -122,7 +127,9 @@ def _params(args: argparse.Namespace, info: ModelInfo, keys: Sequence[str]) -> d
     return params
 
 
-SAMPLING = ("n", "seed", "steps", "sampler", "guidance", "eta", "truncation", "temperature", "output_format", "quality")
+SAMPLING = ("n", "seed", "steps", "sampler", "guidance", "eta", "truncation", "temperature", "output_format", "quality",
+            "prompt", "negative_prompt", "height", "width")  # fmt: skip
+STREAMED = ("diffusion", "text2image")  # the families whose requests run in steps, with progress
 
 
 def _write(result: Images, args: argparse.Namespace, out: TextIO) -> None:
@@ -141,7 +148,7 @@ def _write(result: Images, args: argparse.Namespace, out: TextIO) -> None:
 def _generate(client: Client, args: argparse.Namespace, out: TextIO, err: TextIO) -> None:
     info = client.model(args.model)
     params = _params(args, info, SAMPLING)
-    if args.grid or args.no_progress or info.family != "diffusion":
+    if args.grid or args.no_progress or info.family not in STREAMED:
         _write(client.generate(args.model, grid=args.grid, **params), args, out)
         return
     bar, files, seed, timings = ProgressBar(err), dict[int, bytes](), None, None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from service.images import decode_png, encode_pngs
 from service.jobs import DiffusionJob
@@ -114,6 +116,24 @@ def test_the_python_client_sends_prompts(server: Server, model_dir: Path) -> Non
                                  guidance=3.0, height=32, width=32)  # fmt: skip
     arrays = result.arrays()
     assert arrays.shape == (2, 32, 32, 3) and result.seed == 6
+
+
+def test_the_cli_draws_a_prompt_into_files_with_a_progress_bar(server: Server, model_dir: Path, tmp_path: Path) -> None:
+    from genserve_client.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["generate", NAME, "--prompt", "dog face", "--negative-prompt", "green heart", "-n", "2",
+                 "--seed", "6", "--steps", "12", "--guidance", "3", "--height", "32", "--width", "48",
+                 "--out", str(tmp_path), "--url", server.url], out, err)  # fmt: skip
+    assert code == 0, err.getvalue()
+    files = sorted(tmp_path.glob(f"{NAME}-6-*.png"))
+    assert out.getvalue().splitlines()[:2] == [str(f) for f in files] and len(files) == 2
+    assert err.getvalue().strip().endswith("step 12/12"), "streamed, with progress"
+    body = {"prompt": "dog face", "negative_prompt": "green heart", "n": 2, "seed": 6, "steps": 12, "guidance": 3.0,
+            "height": 32, "width": 48}  # fmt: skip
+    want = pixels(generate(server, body))
+    got = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    assert got.shape == (2, 32, 48, 3) and np.array_equal(got, want)
 
 
 @pytest.mark.parametrize(
