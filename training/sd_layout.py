@@ -233,7 +233,10 @@ def export_pipeline(
             "output": "out_sample",
         },
         "text": {
-            "size_multiple": vae_scale * 2 ** (len(unet.config.block_out_channels) - 1),  # type: ignore[union-attr]
+            # a patched UNet (training.text2image_train.PatchedUNet) folds patch x patch pixels first
+            "size_multiple": vae_scale
+            * getattr(unet.config, "patch_size", 1)  # type: ignore[union-attr]
+            * 2 ** (len(unet.config.block_out_channels) - 1),  # type: ignore[union-attr]
             "max_side": 2 * side,
             "default_guidance": default_guidance,
         },

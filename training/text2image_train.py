@@ -46,11 +46,47 @@ SCHEDULER = {
 
 @dataclass(frozen=True)
 class Arch:
-    text_hidden: int = 128
-    text_layers: int = 4
+    """Sized for this 2-core machine (docs/training.md has the timings): the UNet works on 2x2
+    patches (16x16x12 for a 32x32 RGB image) and attends to the text only at its two lowest
+    resolutions and in the middle, where attention is cheap."""
+
+    text_hidden: int = 96
+    text_layers: int = 3
     text_heads: int = 4
-    blocks: tuple[int, ...] = (64, 128, 192)
+    blocks: tuple[int, ...] = (64, 96, 128)
     unet_heads: int = 4  # diffusers' `attention_head_dim`, which (as in Stable Diffusion 1.x) counts heads
+    cross_levels: int = 2  # how many of the lowest resolutions have cross-attention blocks
+    patch: int = 2  # pixels per side folded into channels before the UNet (pixel unshuffle)
+
+
+class PatchedUNet(torch.nn.Module):
+    """A diffusers UNet on `patch` x `patch` pixel patches, called like the UNet it wraps: the
+    exported graph takes and returns whole images, so the folder stays a standard pixel-space
+    pipeline. `config` describes the image-space interface (channels, sample size) that
+    `export_pipeline` and the card read, plus `patch_size`."""
+
+    def __init__(self, unet: Any, patch: int) -> None:
+        super().__init__()
+        from diffusers.configuration_utils import FrozenDict
+
+        self.model, self.patch = unet, patch
+        inner = unet.config
+        self.config = FrozenDict(
+            {
+                **inner,
+                "in_channels": inner.in_channels // patch**2,
+                "out_channels": inner.out_channels // patch**2,
+                "sample_size": inner.sample_size * patch,
+                "patch_size": patch,
+            }
+        )
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor, return_dict: bool = False
+    ) -> tuple[torch.Tensor]:
+        x = torch.nn.functional.pixel_unshuffle(sample, self.patch) if self.patch > 1 else sample
+        out = self.model(x, timestep, states, return_dict=False)[0]
+        return (torch.nn.functional.pixel_shuffle(out, self.patch) if self.patch > 1 else out,)
 
 
 def tokenizer_folder(checkpoint_dir: Path, run: str) -> Path:
@@ -78,14 +114,15 @@ def make_models(vocab_size: int, arch: Arch, bos: int, eos: int) -> tuple[torch.
             bos_token_id=bos, eos_token_id=eos, pad_token_id=eos,
         )
     )  # fmt: skip
-    n = len(arch.blocks)
+    n, cross, p = len(arch.blocks), arch.cross_levels, arch.patch
     unet = UNet2DConditionModel(
-        sample_size=SIZE, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=arch.blocks,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        sample_size=SIZE // p, in_channels=3 * p * p, out_channels=3 * p * p, layers_per_block=1,
+        block_out_channels=arch.blocks,
+        down_block_types=("DownBlock2D",) * (n - cross) + ("CrossAttnDownBlock2D",) * cross,
+        up_block_types=("CrossAttnUpBlock2D",) * cross + ("UpBlock2D",) * (n - cross),
         cross_attention_dim=arch.text_hidden, attention_head_dim=arch.unet_heads, norm_num_groups=32,
     )  # fmt: skip
-    return text, unet
+    return text, PatchedUNet(unet, p)
 
 
 def cosine_alphas_cumprod() -> torch.Tensor:

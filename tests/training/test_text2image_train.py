@@ -20,7 +20,7 @@ from training.emoji_data import VENDORS, Emoji, EmojiSplit, captions, is_heldout
 from training.text2image_train import SIZE, Arch, export_text2image, train_text2image
 from training.train import default_config
 
-TINY = Arch(text_hidden=32, text_layers=1, text_heads=2, blocks=(32, 32), unet_heads=2)
+TINY = Arch(text_hidden=32, text_layers=1, text_heads=2, blocks=(32, 32), unet_heads=2, cross_levels=1)
 
 
 def synthetic_split() -> EmojiSplit:
@@ -48,6 +48,8 @@ def test_train_resume_export_and_serve(tmp_path: Path) -> None:
     assert not (models / "emoji-text" / "vae_decoder").exists(), "pixel space: no VAE"
     cards, broken = check_models(models)
     assert broken == {} and cards["emoji-text"].image.height == SIZE and cards["emoji-text"].image.channels == 3
+    text = cards["emoji-text"].text
+    assert text is not None and text.size_multiple == TINY.patch * 2, "2x2 patches, then one halving"
     model = load_model(models / "emoji-text", device="cpu")
     assert model.pipeline is not None
 
