@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("diffusion", "gan", "vae", "classifier", "text2image")
+FAMILIES = ("diffusion", "gan", "vae", "classifier", "text2image", "emoji-classifier")
+ON_THEIR_OWN = ("text2image", "emoji-classifier")  # the emoji models: trained, exported and measured by name
 
 
 def _config(args: argparse.Namespace, family: str) -> Any:
@@ -67,6 +68,11 @@ def _train(args: argparse.Namespace) -> None:
 
         _finish(train_text2image(cfg), args)
         return
+    if args.family == "emoji-classifier":
+        from training.emoji_eval import train_emoji_classifier
+
+        _finish(train_emoji_classifier(cfg), args)
+        return
     _finish(TRAINERS[args.family](cfg), args)
 
 
@@ -82,8 +88,7 @@ def _export(args: argparse.Namespace) -> None:
 
     from training.export import EXPORTERS
 
-    # The emoji text-to-image model is exported by name: it trains on its own schedule.
-    for family in args.families or [f for f in EXPORTERS if f != "text2image"]:
+    for family in args.families or [f for f in EXPORTERS if f not in ON_THEIR_OWN]:
         err = EXPORTERS[family](Path(args.out))
         print(f"exported {family} to {args.out}: ONNX Runtime vs torch max abs error {err:.2e}")
 
@@ -91,13 +96,22 @@ def _export(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from service.cards import discover
+    from service.cards import discover, load_card
     from training.evaluate import run_eval
 
     model_dir = Path(args.model_dir)
-    names = args.models or [p.name for p in discover(model_dir)]
+    names = args.models or [p.name for p in discover(model_dir) if load_card(p).family != "text2image"]
     table = run_eval(model_dir, names, args.threads or 2, args.settings, Path(args.report))
     print(table)
+
+
+def _eval_emoji(args: argparse.Namespace) -> None:
+    from training.emoji_eval import run
+
+    measured = run(Path(args.model_dir), args.model, Path(args.report), Path(args.figure), args.threads or 2)
+    print(f"evaluation classifier, held-out emoji: {measured['classifier_heldout_accuracy']:.3f}")
+    for key, row in measured["rows"].items():
+        print(key, row)
 
 
 def _eval_density(args: argparse.Namespace) -> None:
@@ -183,6 +197,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="ONNX Runtime threads")
     p.add_argument("--report", default="docs/quality.md")
     p.set_defaults(func=_eval)
+    p = sub.add_parser(
+        "eval-emoji",
+        help="the emoji text-to-image model: FID, category accuracy, name retrieval; prompt grid (training.emoji_eval)",
+    )
+    p.add_argument("model", nargs="?", default="emoji-text", help="a text2image model folder")
+    p.add_argument("--model-dir", default="exported")
+    p.add_argument("--threads", type=int, help="ONNX Runtime threads")
+    p.add_argument("--report", default="docs/emoji-text.md")
+    p.add_argument("--figure", default="docs/figures/emoji-text-grid.png")
+    p.set_defaults(func=_eval_emoji)
     p = sub.add_parser(
         "eval-density",
         help="the VAE as density, classifier and anomaly detector on the held-out digits; pictures (training.density_eval)",

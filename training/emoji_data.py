@@ -167,9 +167,10 @@ def load_split(size: int = 32, cache: Path | None = None) -> EmojiSplit:
 
 
 def captions(e: Emoji) -> list[str]:
-    """The texts an emoji is trained with: its name and short names, each also with its category."""
+    """The texts an emoji is trained with: its name and short names, each also with its category,
+    and the bare category (so a category alone is a prompt: "food & drink")."""
     texts = [e.name, *(s for s in e.short_names if s != e.name)]
-    return texts + [f"{e.category.lower()}: {t}" for t in texts]
+    return texts + [f"{e.category.lower()}: {t}" for t in texts] + [e.category.lower()]
 
 
 def main() -> None:

@@ -219,7 +219,10 @@ def table_from_cards(model_dir: Path) -> str:
     rows: dict[str, dict[str, Quality]] = {}
     floor_q = None
     for card_path in sorted(model_dir.glob("*/model.json")):
-        measured = dict(json.loads(card_path.read_text()).get("quality", {}))
+        card = json.loads(card_path.read_text())
+        if card["family"] == "text2image":  # measured against emoji by `genserve eval-emoji`
+            continue
+        measured = dict(card.get("quality", {}))
         if "floor" in measured:
             floor_q = quality_from_dict(measured.pop("floor"))
         rows[card_path.parent.name] = {k: quality_from_dict(v) for k, v in measured.items() if is_sample_quality(v)}

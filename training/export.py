@@ -320,6 +320,13 @@ def export_text2image(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float
     return max(export(checkpoint_dir / "text2image.safetensors", out / "emoji-text").values())
 
 
+def export_emoji_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
+    """The emoji evaluation classifier as `exported/_evaluation/emoji-classifier.onnx`."""
+    from training.emoji_eval import export_emoji_classifier as export
+
+    return export(checkpoint_dir / "emoji-classifier.safetensors", out)
+
+
 EXPORTERS = {
     "gan": export_gan,
     "vae": export_vae,
@@ -327,4 +334,5 @@ EXPORTERS = {
     "distilled": export_distilled,
     "classifier": export_classifier,
     "text2image": export_text2image,
+    "emoji-classifier": export_emoji_classifier,
 }

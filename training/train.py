@@ -364,6 +364,7 @@ DEFAULTS: dict[str, tuple[int, int, float]] = {
     "classifier": (2000, 128, 1e-3),
     "distilled": (20000, 256, 1e-4),
     "text2image": (40000, 64, 3e-4),
+    "emoji-classifier": (1500, 128, 1e-3),
 }
 
 

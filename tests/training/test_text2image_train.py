@@ -15,23 +15,11 @@ from PIL import Image
 from service.jobs import DiffusionJob
 from service.registry import check_models, load_model
 from service.text2image import TextToImage
+from tests.training.synthetic_emoji import TINY, synthetic_split
 from training import checkpoint
-from training.emoji_data import VENDORS, Emoji, EmojiSplit, captions, is_heldout, render
-from training.text2image_train import SIZE, Arch, export_text2image, train_text2image
+from training.emoji_data import VENDORS, Emoji, captions, is_heldout, render
+from training.text2image_train import SIZE, export_text2image, train_text2image
 from training.train import default_config
-
-TINY = Arch(text_hidden=32, text_layers=1, text_heads=2, blocks=(32, 32), unet_heads=2, cross_levels=1)
-
-
-def synthetic_split() -> EmojiSplit:
-    rng = np.random.default_rng(0)
-    emoji = [
-        Emoji(f"1F{k:03X}", name, (name.split()[-1],), "Food & Drink", "food-fruit", f"{k}.png", VENDORS[:2])
-        for k, name in enumerate(["red apple", "green apple", "banana", "grapes", "lemon", "cherries"])
-    ]
-    images = rng.integers(0, 256, (12, 3, SIZE, SIZE), dtype=np.uint8)
-    emoji_of = np.repeat(np.arange(6), 2)
-    return EmojiSplit(emoji, images, emoji_of, np.tile([0, 1], 6), np.zeros(12, bool))
 
 
 def test_train_resume_export_and_serve(tmp_path: Path) -> None:
@@ -68,7 +56,7 @@ def test_train_resume_export_and_serve(tmp_path: Path) -> None:
 
 def test_captions_and_the_split_by_emoji() -> None:
     apple = Emoji("1F34E", "red apple", ("apple",), "Food & Drink", "food-fruit", "1f34e.png", VENDORS)
-    assert captions(apple) == ["red apple", "apple", "food & drink: red apple", "food & drink: apple"]
+    assert captions(apple) == ["red apple", "apple", "food & drink: red apple", "food & drink: apple", "food & drink"]
     codes = [Emoji(f"{k:05X}", "x", (), "Symbols", "s", "x.png", VENDORS) for k in range(4000)]
     share = np.mean([is_heldout(e) for e in codes])
     assert 0.08 < share < 0.12
