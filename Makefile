@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 SERVE_VENV := .venv-serve
 
-.PHONY: test serve lint typecheck bench bench-core chaos loadtest screenshots images image-cpu image-gpu image-monitoring clean
+.PHONY: test serve lint typecheck bench bench-core bench-text2image chaos loadtest screenshots images image-cpu image-gpu image-monitoring clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ chaos: $(VENV)/.installed
 
 bench-core: $(VENV)/.installed
 	$(VENV)/bin/python loadtests/bench_core.py --out docs/bench-core.md
+
+# Text-to-image, step-level against request-level batching, in-process (about 5 minutes here):
+# docs/bench-text2image.{json,md}.
+bench-text2image: $(VENV)/.installed
+	$(VENV)/bin/python -m loadtests.bench_text2image --out docs/bench-text2image.md
 
 # A short headless Locust run against a running `make serve` (override HOST, USERS, TIME).
 HOST ?= http://127.0.0.1:8000

@@ -157,7 +157,7 @@ def sample(pipeline: TextPipeline, prompts: list[str], n: int, guidance: float, 
     ]
 
     async def go() -> list[np.ndarray]:
-        service = TextToImage(pipeline)
+        service = TextToImage(pipeline, max_batch=64, max_queued_lanes=chunk * n)
         try:
             out: list[np.ndarray] = []
             for i in range(0, len(jobs), chunk):
