@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("diffusion", "gan", "vae", "classifier", "text2image", "emoji-classifier")
-ON_THEIR_OWN = ("text2image", "emoji-classifier")  # the emoji models: trained, exported and measured by name
+FAMILIES = ("diffusion", "gan", "vae", "classifier", "text2image", "emoji-classifier", "emoji-category")
+ON_THEIR_OWN = ("text2image", "emoji-classifier", "emoji-category")  # the emoji models: by name only
 
 
 def _config(args: argparse.Namespace, family: str) -> Any:
@@ -73,6 +73,11 @@ def _train(args: argparse.Namespace) -> None:
 
         _finish(train_emoji_classifier(cfg), args)
         return
+    if args.family == "emoji-category":
+        from training.emoji_category import train_emoji_category
+
+        _finish(train_emoji_category(cfg), args)
+        return
     _finish(TRAINERS[args.family](cfg), args)
 
 
@@ -97,10 +102,10 @@ def _eval(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from service.cards import discover, load_card
-    from training.evaluate import run_eval
+    from training.evaluate import is_digit_card, run_eval
 
     model_dir = Path(args.model_dir)
-    names = args.models or [p.name for p in discover(model_dir) if load_card(p).family != "text2image"]
+    names = args.models or [p.name for p in discover(model_dir) if is_digit_card(load_card(p).model_dump())]
     table = run_eval(model_dir, names, args.threads or 2, args.settings, Path(args.report))
     print(table)
 
@@ -199,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
     p = sub.add_parser(
         "eval-emoji",
-        help="the emoji text-to-image model: FID, category accuracy, name retrieval; prompt grid (training.emoji_eval)",
+        help="an emoji model (text-to-image or by category): FID, category accuracy, name retrieval; grid "
+        "(training.emoji_eval)",
     )
-    p.add_argument("model", nargs="?", default="emoji-text", help="a text2image model folder")
+    p.add_argument("model", nargs="?", default="emoji-text", help="emoji-text or emoji-category")
     p.add_argument("--model-dir", default="exported")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads")
     p.add_argument("--report", default="docs/emoji-text.md")

@@ -37,10 +37,10 @@ from torch import nn
 from service.evaluation import frechet_distance, precision_recall
 from service.images import grid, to_uint8
 from service.jobs import DiffusionJob
-from service.registry import load_model
+from service.registry import LoadedModel, load_model
 from service.text2image import TextPipeline, TextToImage
 from training.emoji_data import CATEGORIES, EmojiSplit, is_heldout, load_split
-from training.evaluate import FeatureNet
+from training.evaluate import FeatureNet, Setting, sample_diffusion
 from training.train import TrainConfig, Trainer
 
 EVAL_SEED = 1234
@@ -242,6 +242,71 @@ def write_grid(path: Path, images: np.ndarray, prompts: tuple[str, ...], heldout
     canvas.save(path)
 
 
+@dataclass(frozen=True)
+class Bank:
+    """Every drawing through the evaluation classifier: features, predicted and true category."""
+
+    features: np.ndarray
+    predicted: np.ndarray
+    category: np.ndarray
+    heldout: np.ndarray
+
+    @property
+    def real(self) -> np.ndarray:
+        """The reference set: the held-out drawings' features."""
+        return self.features[self.heldout]
+
+
+def text_rows(pipeline: TextPipeline, guidance: float, split: EmojiSplit, bank: Bank, features: FeatureNet,
+              counts: Counts) -> tuple[list[Row], np.ndarray]:  # fmt: skip
+    """Name prompts (training and held-out), category prompts, the real drawings' retrieval
+    ceiling; and the grid's images ([0, 1])."""
+    rng = np.random.default_rng(EVAL_SEED)
+    held = bank.heldout
+    train_ids = sorted({int(k) for k in split.emoji_of[~held]})
+    picked = rng.choice(train_ids, min(counts.train_names, len(train_ids)), replace=False)
+    named = {"training": sorted(picked.tolist()), "held-out": sorted({int(k) for k in split.emoji_of[held]})}
+    rows = []
+    for part, mask in (("training", ~held), ("held-out", held)):
+        idx = np.flatnonzero(mask)
+        top = retrieval(bank.features[idx], split.emoji_of[idx], bank.features, split.emoji_of, rows=idx)
+        rows.append(
+            _row(f"reference: {part} drawings", "real, leave-one-out retrieval", bank.features[idx],
+                 bank.predicted[idx], bank.category[idx], None, top)
+        )  # fmt: skip
+    for part, ids in named.items():
+        prompts = [split.emoji[k].name for k in ids]
+        print(f"{part} names: {len(prompts)} prompts x {counts.per_name}", flush=True)
+        images = sample(pipeline, prompts, counts.per_name, guidance)
+        pred, feats = features(images.astype(np.float32) * 2 - 1)
+        wanted = np.repeat(np.array(ids), counts.per_name)
+        top = retrieval(feats, wanted, bank.features, split.emoji_of)
+        rows.append(_row(f"{part} names", "generated", feats, pred, split.category_of(wanted), bank.real, top))
+    prompts = [c.lower() for c in CATEGORIES]
+    print(f"categories: {len(prompts)} prompts x {counts.per_category}", flush=True)
+    images = sample(pipeline, prompts, counts.per_category, guidance)
+    pred, feats = features(images.astype(np.float32) * 2 - 1)
+    wanted_cat = np.repeat(np.arange(len(CATEGORIES)), counts.per_category)
+    rows.append(_row("category prompts", "generated", feats, pred, wanted_cat, bank.real))
+    return rows, sample(pipeline, list(GRID_PROMPTS), counts.grid_seeds, guidance)
+
+
+LABEL_GUIDANCE = (1.0, 3.0)
+
+
+def label_rows(model: LoadedModel, bank: Bank, features: FeatureNet, counts: Counts) -> tuple[list[Row], np.ndarray]:
+    """A category-labelled model at each guidance scale; and the grid's images ([0, 1]), one row
+    per category at the higher guidance."""
+    labels = np.repeat(np.arange(len(model.card.labels)), counts.per_category)
+    rows, images = [], np.zeros(0)
+    for g in LABEL_GUIDANCE:
+        images = sample_diffusion(model, labels, Setting(f"{SAMPLER}-{STEPS}-cfg{g:g}", SAMPLER, STEPS, g))  # type: ignore[arg-type]
+        pred, feats = features(images)
+        rows.append(_row(f"category labels, guidance {g:g}", "generated", feats, pred, labels, bank.real))
+    first = np.concatenate([np.flatnonzero(labels == k)[: counts.grid_seeds] for k in range(len(model.card.labels))])
+    return rows, (images[first] + 1) / 2
+
+
 def run(model_dir: Path, name: str, report: Path, figure: Path, threads: int = 2, split: EmojiSplit | None = None,
         counts: Counts = Counts()) -> dict[str, Any]:  # fmt: skip
     """Measures `model_dir/name` (on `split`, default the emoji drawings), writes the report and
@@ -250,56 +315,32 @@ def run(model_dir: Path, name: str, report: Path, figure: Path, threads: int = 2
     split = split or load_split(SIZE)
     features = FeatureNet(model_dir / CLASSIFIER, threads)
     model = load_model(model_dir / name, device="cpu", intra_op_threads=threads)
-    if model.pipeline is None or model.card.text is None:
-        raise ValueError(f"{name} is not a text-to-image model")
-    guidance = model.card.text.default_guidance
-    bank_pred, bank = features(to_unit(split.images))
-    bank_cat = split.category_of(split.emoji_of)
-    held = split.heldout
-    real = bank[held]
-    rng = np.random.default_rng(EVAL_SEED)
-    train_ids = sorted({int(k) for k in split.emoji_of[~held]})
-    held_ids = sorted({int(k) for k in split.emoji_of[held]})
-    picked = rng.choice(train_ids, min(counts.train_names, len(train_ids)), replace=False)
-    named = {"train": sorted(picked.tolist()), "heldout": held_ids}
-
-    rows = []
-    ref = rng.choice(np.flatnonzero(~held), int(held.sum()), replace=False)
-    rows.append(_row("floor: training drawings", "real", bank[ref], bank_pred[ref], bank_cat[ref], real))
-    for part, mask in (("training", ~held), ("held-out", held)):
-        idx = np.flatnonzero(mask)
-        top = retrieval(bank[idx], split.emoji_of[idx], bank, split.emoji_of, rows=idx)
-        rows.append(
-            _row(f"reference: {part} drawings", "real, leave-one-out retrieval", bank[idx], bank_pred[idx],
-                 bank_cat[idx], None, top)
-        )  # fmt: skip
-    for part, ids in named.items():
-        prompts = [split.emoji[k].name for k in ids]
-        print(f"{part} names: {len(prompts)} prompts x {counts.per_name}", flush=True)
-        images = sample(model.pipeline, prompts, counts.per_name, guidance)
-        pred, feats = features(images.astype(np.float32) * 2 - 1)
-        wanted = np.repeat(np.array(ids), counts.per_name)
-        top = retrieval(feats, wanted, bank, split.emoji_of)
-        label = "training" if part == "train" else "held-out"
-        rows.append(_row(f"{label} names", "generated", feats, pred, split.category_of(wanted), real, top))
-    prompts = [c.lower() for c in CATEGORIES]
-    print(f"categories: {len(prompts)} prompts x {counts.per_category}", flush=True)
-    images = sample(model.pipeline, prompts, counts.per_category, guidance)
-    pred, feats = features(images.astype(np.float32) * 2 - 1)
-    wanted_cat = np.repeat(np.arange(len(CATEGORIES)), counts.per_category)
-    rows.append(_row("category prompts", "generated", feats, pred, wanted_cat, real))
-
-    grid_images = sample(model.pipeline, list(GRID_PROMPTS), counts.grid_seeds, guidance)
+    predicted, feats = features(to_unit(split.images))
+    bank = Bank(feats, predicted, split.category_of(split.emoji_of), split.heldout)
+    held = bank.heldout
+    ref = np.random.default_rng(EVAL_SEED).choice(np.flatnonzero(~held), int(held.sum()), replace=False)
+    rows = [_row("floor: training drawings", "real", feats[ref], predicted[ref], bank.category[ref], bank.real)]
+    if model.pipeline is not None and model.card.text is not None:
+        guidance: float | None = model.card.text.default_guidance
+        more, grid_images = text_rows(model.pipeline, model.card.text.default_guidance, split, bank, features, counts)
+        prompts = GRID_PROMPTS
+    elif model.card.image_shape == (3, SIZE, SIZE) and len(model.card.labels) == len(CATEGORIES):
+        guidance = None
+        more, grid_images = label_rows(model, bank, features, counts)
+        prompts = tuple(model.card.labels)
+    else:
+        raise ValueError(f"{name}: neither a text-to-image model nor a {SIZE}x{SIZE} RGB model of the emoji categories")
+    rows += more
     heldout_names = {t for e in split.emoji if is_heldout(e) for t in (e.name, *e.short_names)}
-    write_grid(figure, grid_images, GRID_PROMPTS, heldout_names)
+    write_grid(figure, grid_images, prompts, heldout_names)
 
-    classifier_acc = float((bank_pred[held] == bank_cat[held]).mean())
-    setting = f"{SAMPLER}-{STEPS}-cfg{guidance:g}"
-    measured = {"setting": setting, "classifier_heldout_accuracy": round(classifier_acc, 4),
+    classifier_acc = float((predicted[held] == bank.category[held]).mean())
+    prefix = f"{SAMPLER}-{STEPS}" + (f"-cfg{guidance:g}" if guidance is not None else "")
+    measured = {"setting": prefix, "classifier_heldout_accuracy": round(classifier_acc, 4),
                 "rows": {r.key: r.as_dict() for r in rows}}  # fmt: skip
     folder = model_dir / name
     card = json.loads((folder / "model.json").read_text())
-    card["quality"] = {f"{setting} {r.key}": r.as_dict() for r in rows if r.what == "generated"}
+    card["quality"] = {f"{prefix} {r.key}": r.as_dict() for r in rows if r.what == "generated"}
     (folder / "model.json").write_text(json.dumps(card, indent=2) + "\n")
     (folder / "report.json").write_text(json.dumps(measured, indent=2) + "\n")
     text = markdown(rows, name, figure, report, classifier_acc, guidance, counts, Chance.of(split), time.time() - t0)
@@ -331,38 +372,59 @@ class Chance:
         return Chance(float(np.bincount(held).max() / len(held)), len(split.images), share, 1 - (1 - share) ** 5)
 
 
-def markdown(rows: list[Row], name: str, figure: Path, report: Path, classifier_acc: float, guidance: float,
+def markdown(rows: list[Row], name: str, figure: Path, report: Path, classifier_acc: float, guidance: float | None,
              counts: Counts, ref: Chance, seconds: float) -> str:  # fmt: skip
+    """The report; `guidance` None: a category-labelled model (guidance per row)."""
+    text = guidance is not None
+    how = (
+        f"classifier-free guidance {guidance:g} (the card's default), seed {EVAL_SEED} + prompt index"
+        if text
+        else f"classifier-free guidance as each row says, seed {EVAL_SEED} + label"
+    )
     lines = [
-        f"# {name}: the emoji text-to-image model, measured",
+        f"# {name}: {'the emoji text-to-image model' if text else 'emoji by category'}, measured",
         "",
         f"Made by `genserve eval-emoji {name}` (`training/emoji_eval.py`, {seconds / 60:.0f} min on this machine). "
-        f"Every image: {SAMPLER} {STEPS} steps, classifier-free guidance {guidance:g} (the card's default), "
-        f"seed {EVAL_SEED} + prompt index, images 0..n-1 of each request, generated through the serving library "
-        "(step-level batched as served).",
+        f"Every image: {SAMPLER} {STEPS} steps, {how}, images 0..n-1 of each request, generated through the "
+        "serving library (step-level batched as served).",
         "",
         f"Evaluation classifier: 9 emoji categories, trained here on the training emoji only; accuracy on the "
         f"held-out emoji (unseen in every style): **{classifier_acc:.3f}** (the largest category is "
         f"{ref.majority:.0%} of held-out drawings). FID, precision and recall (k = 3) compare each set with the "
-        "held-out drawings in its 256-d features. Category accuracy: the share the classifier reads as the "
-        "category asked for (for names: the named emoji's category). Name top-1/top-5: the named emoji is the "
-        f"nearest drawing / among the five nearest, of all {ref.drawings:,} drawings (by chance: "
-        f"{ref.chance1:.2%} / {ref.chance5:.2%}).",
+        "held-out drawings in its 256-d features; the floor row puts as many training drawings in a model's place. "
+        "Category accuracy: the share the classifier reads as the category asked for"
+        + (
+            " (for names: the named emoji's category). Name top-1/top-5: the named emoji is the nearest drawing / "
+            f"among the five nearest, of all {ref.drawings:,} drawings (by chance: {ref.chance1:.2%} / "
+            f"{ref.chance5:.2%})."
+            if text
+            else "."
+        ),
         "",
         "| images | kind | n | FID | precision | recall | category accuracy | name top-1 | name top-5 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += ["| " + " | ".join(r.cells()) + " |" for r in rows]
-    lines += [
-        "",
-        f"Training names: {counts.train_names} training emoji drawn at random (seed {EVAL_SEED}), "
-        f"{counts.per_name} images each; held-out names: all held-out emoji, {counts.per_name} each; category "
-        f"prompts: each category's name alone, {counts.per_category} images each.",
-        "",
-        f"![prompts down the side, seeds across]({_rel(figure, report)})",
-        "",
-        f"Prompts down the side (held-out names marked *), images 0-{counts.grid_seeds - 1} of one seed per "
-        "prompt across.",
-        "",
-    ]
-    return "\n".join(lines)
+    if text:
+        lines += [
+            "",
+            f"Training names: {counts.train_names} training emoji drawn at random (seed {EVAL_SEED}), "
+            f"{counts.per_name} images each; held-out names: all held-out emoji, {counts.per_name} each; category "
+            f"prompts: each category's name alone, {counts.per_category} images each.",
+            "",
+            f"![prompts down the side, seeds across]({_rel(figure, report)})",
+            "",
+            f"Prompts down the side (held-out names marked *), images 0-{counts.grid_seeds - 1} of one seed per "
+            "prompt across.",
+        ]
+    else:
+        lines += [
+            "",
+            f"{counts.per_category} images per category and guidance scale.",
+            "",
+            f"![categories down the side]({_rel(figure, report)})",
+            "",
+            f"Categories down the side, the first {counts.grid_seeds} images of each at guidance "
+            f"{LABEL_GUIDANCE[-1]:g} across.",
+        ]
+    return "\n".join(lines) + "\n"

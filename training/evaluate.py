@@ -13,6 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -126,7 +127,7 @@ def sample_diffusion(model: LoadedModel, labels: np.ndarray, setting: Setting, m
         bar = tqdm(total=len(labels) * setting.steps, desc=f"{model.name} {setting.key} lane-steps", mininterval=5)
         scheduler.on_step = lambda s: bar.update(s.lanes)
         jobs = []
-        for lab in range(10):
+        for lab in range(len(model.card.labels)):
             idx = np.flatnonzero(labels == lab)
             label = None if setting.unconditional else lab
             jobs.append(
@@ -200,6 +201,13 @@ def floor(features: FeatureNet) -> tuple[Quality, np.ndarray]:
     return quality(real, train_feats, held_predicted, split.heldout_y), real
 
 
+def is_digit_card(card: dict[str, Any]) -> bool:
+    """A card the digit evaluation applies to: a label-path model of 28x28 grey images (what the
+    digit classifier reads), not a text-to-image model."""
+    image = card["image"]
+    return card["family"] != "text2image" and (image["channels"], image["height"], image["width"]) == (1, 28, 28)
+
+
 def is_sample_quality(d: dict[str, float]) -> bool:
     """A card `quality` entry measured by `genserve eval` (not `density` or `edits`, which the
     beyond-sampling evaluations write)."""
@@ -220,7 +228,7 @@ def table_from_cards(model_dir: Path) -> str:
     floor_q = None
     for card_path in sorted(model_dir.glob("*/model.json")):
         card = json.loads(card_path.read_text())
-        if card["family"] == "text2image":  # measured against emoji by `genserve eval-emoji`
+        if not is_digit_card(card):  # the emoji models: measured by `genserve eval-emoji`
             continue
         measured = dict(card.get("quality", {}))
         if "floor" in measured:

@@ -327,6 +327,13 @@ def export_emoji_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) ->
     return export(checkpoint_dir / "emoji-classifier.safetensors", out)
 
 
+def export_emoji_category(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
+    """The emoji-by-category model as `exported/emoji-category` (a `diffusion` folder, 3 channels)."""
+    from training.emoji_category import export_emoji_category as export
+
+    return export(checkpoint_path("emoji-category", checkpoint_dir), out / "emoji-category")
+
+
 EXPORTERS = {
     "gan": export_gan,
     "vae": export_vae,
@@ -335,4 +342,5 @@ EXPORTERS = {
     "classifier": export_classifier,
     "text2image": export_text2image,
     "emoji-classifier": export_emoji_classifier,
+    "emoji-category": export_emoji_category,
 }

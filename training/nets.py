@@ -160,7 +160,7 @@ class SelfAttention(nn.Module):
 
 
 class UNet(nn.Module):
-    """Small UNet for 28x28 images: levels at 28, 14 and 7 pixels.
+    """Small UNet for 28x28 images: levels at 28, 14 and 7 pixels (or 32, 16, 8 for 32x32).
 
     `attention` adds self-attention at the 7x7 level (49 positions: cheap); `max_steps` > 0
     adds an embedding of the sampler's step count (1..max_steps), the extra input a distilled
@@ -168,18 +168,24 @@ class UNet(nn.Module):
     """
 
     def __init__(
-        self, ch: int = 32, mults: tuple[int, ...] = (1, 2, 2), attention: bool = False, max_steps: int = 0
+        self,
+        ch: int = 32,
+        mults: tuple[int, ...] = (1, 2, 2),
+        attention: bool = False,
+        max_steps: int = 0,
+        channels: int = 1,
+        labels: int = N_LABELS,
     ) -> None:
         super().__init__()
         self.ch = ch
         emb_dim = 4 * ch
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.label_emb = nn.Embedding(N_LABELS + 1, emb_dim)
+        self.label_emb = nn.Embedding(labels + 1, emb_dim)  # the last row: the null label
         self.steps_emb: nn.Embedding | None = None
         if max_steps:
             self.steps_emb = nn.Embedding(max_steps + 1, emb_dim)
             nn.init.zeros_(self.steps_emb.weight)  # a student starts as its teacher
-        self.conv_in = nn.Conv2d(1, ch, 3, 1, 1)
+        self.conv_in = nn.Conv2d(channels, ch, 3, 1, 1)
         widths = [ch * m for m in mults]
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
@@ -197,7 +203,7 @@ class UNet(nn.Module):
             cin = w
             self.upsample.append(nn.ConvTranspose2d(w, w, 4, 2, 1) if i > 0 else nn.Identity())
         self.norm_out = nn.GroupNorm(8, cin)
-        self.conv_out = nn.Conv2d(cin, 1, 3, 1, 1)
+        self.conv_out = nn.Conv2d(cin, channels, 3, 1, 1)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, label: torch.Tensor, num_steps: torch.Tensor | None = None

@@ -173,10 +173,10 @@ def _logs(cfg: TrainConfig, trainer: Trainer, **values: torch.Tensor) -> dict[st
     return {}
 
 
-def _drop_labels(y: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+def _drop_labels(y: torch.Tensor, p: float, gen: torch.Generator, null: int = nets.NULL_LABEL) -> torch.Tensor:
     """Replaces a share p of labels with the null label (for CFG / unconditional sampling)."""
     mask = torch.rand(y.shape, generator=gen, device=y.device) < p
-    return torch.where(mask, torch.full_like(y, nets.NULL_LABEL), y)
+    return torch.where(mask, torch.full_like(y, null), y)
 
 
 @torch.no_grad()
@@ -195,6 +195,7 @@ def diffusion_loss(
     x0: torch.Tensor,
     y: torch.Tensor,
     gen: torch.Generator,
+    null_label: int = nets.NULL_LABEL,
 ) -> torch.Tensor:
     """The denoising loss at uniformly drawn t: epsilon or v target, optionally Min-SNR weighted."""
     t = torch.randint(0, len(abar), (len(x0),), generator=gen, device=x0.device)
@@ -202,7 +203,7 @@ def diffusion_loss(
     a = abar[t].view(-1, 1, 1, 1)
     alpha, sigma = a.sqrt(), (1 - a).sqrt()
     xt = alpha * x0 + sigma * eps
-    out = model(xt, t, _drop_labels(y, 0.1, gen))
+    out = model(xt, t, _drop_labels(y, 0.1, gen, null_label))
     target = eps if recipe.prediction == "epsilon" else alpha * eps - sigma * x0
     per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
     if recipe.min_snr is not None:
@@ -365,6 +366,7 @@ DEFAULTS: dict[str, tuple[int, int, float]] = {
     "distilled": (20000, 256, 1e-4),
     "text2image": (40000, 64, 3e-4),
     "emoji-classifier": (1500, 128, 1e-3),
+    "emoji-category": (5000, 128, 6e-4),
 }
 
 

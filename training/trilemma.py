@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from training.evaluate import is_sample_quality, quality_from_dict
+from training.evaluate import is_digit_card, is_sample_quality, quality_from_dict
 
 MARKERS = {"gan": "s", "vae": "D", "diffusion": "o", "distilled": "^"}  # by model, else by family
 
@@ -51,7 +51,7 @@ def points(model_dir: Path, bench_core: Path) -> list[Point]:
         card = json.loads(card_path.read_text())
         measured = dict(card.get("quality", {}))
         floor = measured.pop("floor", None)
-        if floor is None or card["family"] == "text2image":  # digits only: one floor, one classifier
+        if floor is None or not is_digit_card(card):  # digits only: one floor, one classifier
             continue
         for setting, values in measured.items():
             calls = calls_per_image(card["family"], setting) if is_sample_quality(values) else None
