@@ -67,6 +67,10 @@ def _train(args: argparse.Namespace) -> None:
         from training.text2image_train import train_text2image
 
         _finish(train_text2image(cfg), args)
+        if args.weights_out:  # the vocabulary travels with the weights
+            from training.text2image_train import copy_tokenizer
+
+            copy_tokenizer(cfg, Path(args.weights_out))
         return
     if args.family == "emoji-classifier":
         from training.emoji_eval import train_emoji_classifier

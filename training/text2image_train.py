@@ -15,6 +15,7 @@ writes `exported/emoji-text/` in the standard layout with genserve's card.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,14 +94,25 @@ def tokenizer_folder(checkpoint_dir: Path, run: str) -> Path:
     return checkpoint_dir / f"{run}-tokenizer"
 
 
-def tokenizer_for(split: EmojiSplit, folder: Path) -> ClipTokenizer:
+def tokenizer_for(split: EmojiSplit, folder: Path, resume_from: Path | None = None) -> ClipTokenizer:
     """The run's tokenizer: learnt from the training captions once, then read back (so a resumed
-    run and the export use the very same vocabulary)."""
+    run and the export use the very same vocabulary); a run starting from committed weights
+    (`--resume-from weights/text2image.safetensors`) takes the tokenizer committed beside them."""
+    beside = resume_from.with_name(f"{resume_from.stem}-tokenizer") if resume_from is not None else None
+    if not (folder / "vocab.json").is_file() and beside is not None and (beside / "vocab.json").is_file():
+        shutil.copytree(beside, folder, dirs_exist_ok=True)
     if not (folder / "vocab.json").is_file():
         texts = [t for e in split.emoji if not is_heldout(e) for t in captions(e)]
         vocab, merges = learn_bpe(texts, MERGES)
         write_tokenizer(folder, vocab, merges, MAX_LENGTH)
     return ClipTokenizer.from_folder(folder)
+
+
+def copy_tokenizer(cfg: TrainConfig, weights: Path) -> None:
+    """The run's tokenizer beside weights written with `--weights-out` (where export and
+    `--resume-from` look for it)."""
+    shutil.copytree(tokenizer_folder(cfg.checkpoint_dir, cfg.name), weights.with_name(f"{weights.stem}-tokenizer"),
+                    dirs_exist_ok=True)  # fmt: skip
 
 
 def make_models(vocab_size: int, arch: Arch, bos: int, eos: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -143,7 +155,7 @@ def train_text2image(cfg: TrainConfig, arch: Arch | None = None, split: EmojiSpl
     """Trains (or resumes) the run `cfg.name` on `split` (default: the emoji drawings at 32 px)."""
     arch = arch or Arch()
     split = split or load_split(SIZE)
-    tokenizer = tokenizer_for(split, tokenizer_folder(cfg.checkpoint_dir, cfg.name))
+    tokenizer = tokenizer_for(split, tokenizer_folder(cfg.checkpoint_dir, cfg.name), cfg.resume_from)
     table, counts = caption_table(split, tokenizer)
     empty = torch.from_numpy(tokenizer([""])[0][0].astype(np.int64))
     images, emoji_of, _ = split.part(heldout=False)

@@ -18,7 +18,7 @@ from service.text2image import TextToImage
 from tests.training.synthetic_emoji import TINY, synthetic_split
 from training import checkpoint
 from training.emoji_data import VENDORS, Emoji, captions, is_heldout, render
-from training.text2image_train import SIZE, export_text2image, train_text2image
+from training.text2image_train import SIZE, copy_tokenizer, export_text2image, train_text2image
 from training.train import default_config
 
 
@@ -27,8 +27,19 @@ def test_train_resume_export_and_serve(tmp_path: Path) -> None:
     trainer = train_text2image(cfg, TINY, synthetic_split())
     assert trainer.step == 3 and (tmp_path / "ckpt" / "t2i-tokenizer" / "vocab.json").is_file()
     more = default_config("text2image", steps=5, batch_size=4, checkpoint_dir=tmp_path / "ckpt", run="t2i")
-    assert train_text2image(more, TINY, synthetic_split()).step == 5, "resumed at 3, ran 2 more"
+    trained = train_text2image(more, TINY, synthetic_split())
+    assert trained.step == 5, "resumed at 3, ran 2 more"
     assert checkpoint.read_meta(tmp_path / "ckpt" / "t2i.safetensors")["step"] == 5
+    weights = tmp_path / "weights" / "t2i.safetensors"  # committed form: no optimiser state, tokenizer beside
+    trained.save_weights(weights)
+    copy_tokenizer(more, weights)
+    elsewhere = default_config("text2image", steps=6, batch_size=4, checkpoint_dir=tmp_path / "b", run="t2i",
+                               resume_from=weights)  # fmt: skip
+    assert train_text2image(elsewhere, TINY, synthetic_split()).step == 6, "resumed from the weights at 5"
+    for name in ("vocab.json", "merges.txt"):
+        assert (tmp_path / "b" / "t2i-tokenizer" / name).read_text() == (
+            tmp_path / "ckpt" / "t2i-tokenizer" / name
+        ).read_text()
 
     models = tmp_path / "models"
     diffs = export_text2image(tmp_path / "ckpt" / "t2i.safetensors", models / "emoji-text")
