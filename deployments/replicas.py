@@ -158,12 +158,14 @@ class _Replica:
         done_steps = 0
 
         def events(index: int, step: int, x0: np.ndarray) -> list[dict[str, Any]]:
+            """What one lane's step adds; previews carry their estimates (`x0`) until rendered."""
             nonlocal done_steps
             out: list[dict[str, Any]] = []
             if step in partial_after:
                 nth = shown[index] = shown.get(index, -1) + 1
-                png = png_bytes(to_uint8(x0[None], vr)[0])
-                out.append({"type": "partial", "index": index, "step": step, "partial_image_index": nth, "png": png})
+                out.append(
+                    {"type": "partial", "index": index, "step": step, "partial_image_index": nth, "x0": x0[None]}
+                )
             reached[index] = step
             if every and step % every == 0 and step < total:
                 latest[index] = x0
@@ -171,9 +173,17 @@ class _Replica:
                 done_steps += 1
                 out.append({"type": "progress", "step": done_steps, "total": total})
                 if every and done_steps % every == 0 and done_steps < total and len(latest) == job.n:
-                    pngs = [png_bytes(to_uint8(latest[i][None], vr)[0]) for i in range(job.n)]
-                    out.append({"type": "preview", "step": done_steps, "pngs": pngs})
+                    out.append(
+                        {"type": "preview", "step": done_steps, "x0": np.stack([latest[i] for i in range(job.n)])}
+                    )
             return out
+
+        async def rendered(event: dict[str, Any]) -> dict[str, Any]:
+            """A preview's estimates as PNGs, in the card's value range (`preview_images`)."""
+            if "x0" not in event:
+                return event
+            pngs = [png_bytes(im) for im in to_uint8(await self.preview_images(event.pop("x0")), vr)]
+            return event | ({"png": pngs[0]} if event["type"] == "partial" else {"pngs": pngs})
 
         try:
             while True:
@@ -183,10 +193,10 @@ class _Replica:
                     getter.cancel()
                     break
                 for event in events(*getter.result()):
-                    yield event
+                    yield await rendered(event)
             while not queue.empty():  # what came with the last step
                 for event in events(*queue.get_nowait()):
-                    yield event
+                    yield await rendered(event)
             out = task.result()
         finally:
             if not task.done():
@@ -197,6 +207,10 @@ class _Replica:
 
     def probe_job(self) -> Job:
         raise NotImplementedError
+
+    async def preview_images(self, x0: np.ndarray) -> np.ndarray:
+        """Clean-image estimates (lanes' state) as images in the card's value range."""
+        return x0
 
     async def probe(self) -> None:
         """A 1-image request through the normal path; TimeoutError if it does not finish in time."""
@@ -401,6 +415,10 @@ class TextToImageReplica(DiffusionReplica):
         pipeline = self.model.pipeline
         assert pipeline is not None
         return await self.scheduler.run_off_loop(pipeline.decode, images)
+
+    async def preview_images(self, x0: np.ndarray) -> np.ndarray:
+        """Latent estimates through the decoder (on the compute thread), as the final images are."""
+        return await self.finish(x0)
 
     def probe_job(self) -> Job:
         return DiffusionJob(seed=0, n=1, steps=1, prompt="", guidance=1.0)

@@ -114,10 +114,6 @@ def generate_body(req: ImagesGenerationRequest, card: ModelCard, limits: Limits)
 
 def _text_body(req: ImagesGenerationRequest) -> dict[str, Any]:
     """A text-to-image model's `/generate` body: the prompt as it is, `size` "WxH" as width and height."""
-    if req.partial_images:
-        raise InvalidRequest(
-            "partial_images is not available for text-to-image models yet; send 0", field="partial_images"
-        )
     body: dict[str, Any] = {"n": req.n, "prompt": req.prompt}
     if req.size not in (None, "auto"):
         match = re.fullmatch(r"(\d{1,4})x(\d{1,4})", req.size)

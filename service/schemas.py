@@ -224,15 +224,8 @@ class _DiffusionSampling(BaseModel):
         )  # fmt: skip
 
 
-class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
-    """Images from a diffusion model."""
-
-    model_config = ConfigDict(
-        **STRICT,
-        json_schema_extra={
-            "examples": [{"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0, "seed": 42}]
-        },
-    )
+class _Previews(BaseModel):
+    """Streamed previews of a request that runs in steps (diffusion, text-to-image)."""
 
     preview_every: int = Field(
         0,
@@ -249,6 +242,17 @@ class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
             raise ValueError(f"at most {MAX_PREVIEWS} previews: preview_every at least {-(-steps // MAX_PREVIEWS)}")
         return v
 
+
+class DiffusionGenerateRequest(_Previews, _DiffusionSampling, _GenerateBase):
+    """Images from a diffusion model."""
+
+    model_config = ConfigDict(
+        **STRICT,
+        json_schema_extra={
+            "examples": [{"n": 8, "label": 3, "steps": 20, "sampler": "dpmpp_2m", "guidance": 2.0, "seed": 42}]
+        },
+    )
+
     @model_validator(mode="after")
     def _cost_within(self, info: ValidationInfo) -> DiffusionGenerateRequest:
         _check_cost("n", "images", self.n, self.steps, network_rows(self.label, self.guidance), _ctx(info)[1])
@@ -258,7 +262,7 @@ class DiffusionGenerateRequest(_DiffusionSampling, _GenerateBase):
         return self.sampling_job(self.resolved_seed(), self.n, deadline, label=self.label)
 
 
-class TextGenerateRequest(_DiffusionSampling, _Generate):
+class TextGenerateRequest(_Previews, _DiffusionSampling, _Generate):
     """Images from a text-to-image pipeline: a prompt, and what guidance steers away from."""
 
     model_config = ConfigDict(

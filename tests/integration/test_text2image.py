@@ -118,6 +118,26 @@ def test_the_python_client_sends_prompts(server: Server, model_dir: Path) -> Non
     assert arrays.shape == (2, 32, 32, 3) and result.seed == 6
 
 
+def test_a_stream_previews_decoded_images_then_the_plain_requests_pngs(server: Server, model_dir: Path) -> None:
+    from tests.integration.test_streaming import events
+
+    body = {"prompt": "dog face", "n": 2, "seed": 9, "steps": 12, "guidance": 3.0, "height": 32, "width": 48}
+    with requests.post(
+        f"{server.url}/v1/models/{NAME}/generate", json=body | {"preview_every": 4},
+        headers={"Accept": "text/event-stream"}, stream=True, timeout=120,
+    ) as resp:  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        seen = list(events(resp))
+    assert [d["step"] for k, d in seen if k == "progress"] == list(range(1, 13))
+    previews = [d for k, d in seen if k == "preview"]
+    assert [p["step"] for p in previews] == [4, 8]
+    for p in previews:  # through the VAE decoder, as the final images: pixels, not 4-channel latents
+        shown = np.stack([decode_png(base64.b64decode(im)) for im in p["images"]])
+        assert shown.shape == (2, 32, 48, 3)
+    streamed = [d["image_base64"] for k, d in seen if k == "image"]
+    assert streamed == [im["image_base64"] for im in generate(server, body).json()["images"]]
+
+
 def test_the_cli_draws_a_prompt_into_files_with_a_progress_bar(server: Server, model_dir: Path, tmp_path: Path) -> None:
     from genserve_client.cli import main
 
