@@ -368,7 +368,7 @@ class Chance:
     @staticmethod
     def of(split: EmojiSplit) -> Chance:
         held = split.category_of(split.emoji_of[split.heldout])
-        share = len(split.images) / len(split.emoji) / len(split.images)  # one emoji's drawings among all
+        share = 1 / len(split.emoji)  # a random drawing is the named emoji's: its drawings / all, on average
         return Chance(float(np.bincount(held).max() / len(held)), len(split.images), share, 1 - (1 - share) ** 5)
 
 
@@ -384,7 +384,8 @@ def markdown(rows: list[Row], name: str, figure: Path, report: Path, classifier_
     lines = [
         f"# {name}: {'the emoji text-to-image model' if text else 'emoji by category'}, measured",
         "",
-        f"Made by `genserve eval-emoji {name}` (`training/emoji_eval.py`, {seconds / 60:.0f} min on this machine). "
+        f"Made by `genserve eval-emoji {name} --report {report} --figure {figure}` (`training/emoji_eval.py`, "
+        f"{seconds / 60:.0f} min on this machine). "
         f"Every image: {SAMPLER} {STEPS} steps, {how}, images 0..n-1 of each request, generated through the "
         "serving library (step-level batched as served).",
         "",
