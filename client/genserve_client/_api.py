@@ -219,6 +219,8 @@ class ModelInfo:
     max_images: int
     routes: list[str]
     quality: dict[str, dict[str, float]]
+    # text2image: size_multiple and max_side (the sizes it draws), default_guidance, max_prompt_chars
+    text: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, d: dict[str, Any]) -> ModelInfo:
@@ -226,7 +228,7 @@ class ModelInfo:
             name=d["name"], family=d["family"], description=d["description"], image_shape=tuple(d["image_shape"]),
             labels=list(d["labels"]), unconditional=bool(d["unconditional"]), samplers=list(d["samplers"]),
             max_steps=d.get("max_steps"), steps=d.get("steps"), max_images=int(d["max_images"]),
-            routes=list(d.get("routes", [])), quality=dict(d.get("quality", {})),
+            routes=list(d.get("routes", [])), quality=dict(d.get("quality", {})), text=d.get("text"),
         )  # fmt: skip
 
     def label_index(self, label: str | int | None) -> int | None:

@@ -186,7 +186,10 @@ def _models(client: Client, args: argparse.Namespace, out: TextIO) -> None:
         h, w, c = m.image_shape[1], m.image_shape[2], m.image_shape[0]
         steps = f", steps {m.steps}" if m.steps else (f", up to {m.max_steps} steps" if m.max_steps else "")
         samplers = f", samplers {'/'.join(m.samplers)}" if m.samplers else ""
-        out.write(f"{m.name} ({m.family}, {w}x{h}x{c}, {len(m.labels)} labels{samplers}{steps})\n")
+        takes = f"{len(m.labels)} labels"
+        if m.text is not None:
+            takes = f"prompts, sides multiple of {m.text['size_multiple']} up to {m.text['max_side']}"
+        out.write(f"{m.name} ({m.family}, {w}x{h}x{c}, {takes}{samplers}{steps})\n")
         out.write(f"  {m.description}\n")
         for setting, figures in m.quality.items():
             shown = ", ".join(f"{k} {v:.3g}" for k, v in figures.items())

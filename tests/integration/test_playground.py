@@ -116,6 +116,29 @@ def test_two_samplers_side_by_side_share_the_seed(page: Any, server: Server, sho
     page.uncheck("#compare")
 
 
+def test_a_prompt_draws_emoji_with_the_apis_pixels(page: Any, server: Server, shots: Path) -> None:
+    page.select_option("#model", "emoji-text")
+    assert page.is_hidden("#label") and page.is_visible("#prompt"), "a text model takes a prompt, not a label"
+    guidance = float(page.input_value("#guidance"))
+    page.fill("#prompt", "red apple")
+    page.fill("#n", "4")
+    page.fill("#seed", "7")
+    page.select_option("#sampler-a", "dpmpp_2m")
+    page.fill("#steps-a", "20")
+    page.click("#generate")
+    page.wait_for_selector("#panel-a[data-state=done]")
+    with Client(server.url) as client:
+        assert guidance == client.model("emoji-text").text["default_guidance"], "the card's default guidance"
+        expected = client.generate("emoji-text", prompt="red apple", n=4, seed=7, steps=20, sampler="dpmpp_2m",
+                                   guidance=guidance)  # fmt: skip
+    shown = np.stack([decode(s) for s in final_images(page, "panel-a")])
+    assert shown.shape == (4, 32, 32, 3) and np.array_equal(shown, expected.arrays())
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shots / "playground-text.png"))
+    page.select_option("#model", "diffusion")
+    assert page.is_visible("#label") and page.is_hidden("#prompt")
+
+
 def draw(page: Any, points: list[tuple[float, float]]) -> None:
     box = page.locator("#pad").bounding_box()
     page.mouse.move(box["x"] + points[0][0] * box["width"], box["y"] + points[0][1] * box["height"])
