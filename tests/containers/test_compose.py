@@ -36,7 +36,9 @@ KEY = "compose-test-key"
 BASE = os.environ.get("GENSERVE_TEST_IMAGE_BASE", "localhost/debian:bookworm")
 MONITORING_IMAGE = "genserve-monitoring:0.1.0"
 SERVICES = ["ray-head", "ray-cpu-worker", "prometheus", "alertmanager", "alert-log"]
-MODELS = ["gan", "vae", "diffusion", "distilled"]
+MODELS = ["gan", "vae", "diffusion", "distilled", "emoji-text"]
+BODIES = {"emoji-text": {"n": 2, "seed": 7, "prompt": "red apple", "steps": 10}}  # the others: n and seed
+FILES = {"emoji-text": ("PNG", (32, 32), "RGB")}  # the others: 28x28 greyscale
 
 
 @dataclass
@@ -149,7 +151,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def generate(stack: Stack, model: str, key: str | None) -> requests.Response:
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return requests.post(
-        f"{stack.api}/v1/models/{model}/generate", json={"n": 2, "seed": 7}, headers=headers, timeout=120
+        f"{stack.api}/v1/models/{model}/generate",
+        json=BODIES.get(model, {"n": 2, "seed": 7}),
+        headers=headers,
+        timeout=120,
     )
 
 
@@ -161,7 +166,7 @@ def test_every_family_answers_with_the_key_and_refuses_without(stack: Stack) -> 
         ok = generate(stack, model, KEY)
         assert ok.status_code == 200, (model, ok.text)
         images = [Image.open(io.BytesIO(base64.b64decode(i["image_base64"]))) for i in ok.json()["images"]]
-        assert [(im.format, im.size, im.mode) for im in images] == [("PNG", (28, 28), "L")] * 2, model
+        assert [(im.format, im.size, im.mode) for im in images] == [FILES.get(model, ("PNG", (28, 28), "L"))] * 2, model
         assert generate(stack, model, KEY).json()["images"] == ok.json()["images"], f"{model}: same seed, same pixels"
         for bad in (None, "not-the-key"):
             refused = generate(stack, model, bad)
