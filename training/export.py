@@ -317,7 +317,7 @@ def export_text2image(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float
     """The emoji text-to-image run as `exported/emoji-text` (the Stable Diffusion layout)."""
     from training.text2image_train import export_text2image as export
 
-    return max(export(checkpoint_dir / "text2image.safetensors", out / "emoji-text").values())
+    return max(export(checkpoint_path("text2image", checkpoint_dir), out / "emoji-text").values())
 
 
 def export_emoji_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:

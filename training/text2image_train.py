@@ -220,8 +220,11 @@ def export_text2image(checkpoint: Path, out: Path, guidance: float = 3.0) -> dic
     provenance: dict[str, Any] = {
         "data": DATA,
         "training_steps": int(meta["step"]),
-        "command": "genserve train text2image && genserve export text2image",
-        "notes": "pixel-space diffusion, 32x32 RGB; text encoder trained from scratch with the UNet",
+        "command": f"genserve train text2image --steps {int(meta['step'])} && genserve export text2image && "
+        "genserve eval-emoji",
+        "notes": "pixel-space diffusion, 32x32 RGB (the UNet on 2x2 patches); text encoder trained from scratch with "
+        "the UNet. Weights: weights/text2image.safetensors (raw and EMA, tokenizer beside it; go on training with "
+        "--resume-from).",
     }
     return export_pipeline(
         out, text_encoder=text, unet=unet, vae=None, vocab=vocab, merges=merges,
