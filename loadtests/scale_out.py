@@ -138,12 +138,12 @@ def run(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
         for name in options:
             info = replica_ready(name.removeprefix("model-"))
             placement[name] = {"on_gpu_node": info["node_id"] in gpu_node_ids, "provider": info["provider"]}
+        bodies: dict[str, dict[str, Any]] = {
+            "diffusion": {"n": 2, "steps": 10},
+            "emoji-text": {"n": 2, "steps": 10, "prompt": "red apple"},
+        }
         served = {
-            m: requests.post(
-                f"{url}/v1/models/{m}/generate",
-                json={"n": 2, "steps": 10} if m == "diffusion" else {"n": 2},
-                timeout=120,
-            ).status_code
+            m: requests.post(f"{url}/v1/models/{m}/generate", json=bodies.get(m, {"n": 2}), timeout=120).status_code
             for m in (p.name for p in discover(Path(model_dir)))
         }
         chosen = {name: cfg for name, cfg in POLICIES.items() if args.policy in ("all", cfg_key(cfg))}
