@@ -345,6 +345,10 @@ class DiffusionReplica(_Replica):
         """A finished request's lanes as images in the card's value range (here: already are)."""
         return images
 
+    async def preview_images(self, x0: np.ndarray) -> np.ndarray:
+        """Previews are lanes' clean-image estimates, made images as finished lanes are (`finish`)."""
+        return await self.finish(x0)
+
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Live knobs from `user_config`: max_batch (network rows), max_queued_images."""
         self.scheduler.max_batch = int(config.get("max_batch", 64))
@@ -415,10 +419,6 @@ class TextToImageReplica(DiffusionReplica):
         pipeline = self.model.pipeline
         assert pipeline is not None
         return await self.scheduler.run_off_loop(pipeline.decode, images)
-
-    async def preview_images(self, x0: np.ndarray) -> np.ndarray:
-        """Latent estimates through the decoder (on the compute thread), as the final images are."""
-        return await self.finish(x0)
 
     def probe_job(self) -> Job:
         return DiffusionJob(seed=0, n=1, steps=1, prompt="", guidance=1.0)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from training import checkpoint, nets
-from training.emoji_data import CATEGORIES, DATA, EmojiSplit, load_split
+from training.emoji_data import CATEGORIES, DATA, EmojiSplit, load_split, to_unit
 from training.train import DiffusionRecipe, TrainConfig, Trainer, denoiser_update, diffusion_loss
 
 SIZE = 32
@@ -35,7 +35,7 @@ def train_emoji_category(cfg: TrainConfig, split: EmojiSplit | None = None) -> T
     """Trains (or resumes) `cfg.name` on the training emoji's drawings, labelled by category."""
     split = split or load_split(SIZE)
     images, emoji_of, _ = split.part(heldout=False)
-    x = torch.from_numpy(images.astype("float32") / 127.5 - 1.0)
+    x = torch.from_numpy(to_unit(images))
     y = torch.from_numpy(split.category_of(emoji_of))
     torch.manual_seed(cfg.seed)
     model = make_net()

@@ -144,6 +144,11 @@ class EmojiSplit:
         return np.array([CATEGORIES.index(self.emoji[i].category) for i in emoji_ids], np.int64)
 
 
+def to_unit(images: np.ndarray) -> np.ndarray:
+    """uint8 drawings (N, 3, S, S) -> float32 in [-1, 1], what the emoji networks take."""
+    return (images.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+
+
 def load_split(size: int = 32, cache: Path | None = None) -> EmojiSplit:
     """All drawings at `size` pixels (rendered once, then read from the cache)."""
     cache = fetch(cache)

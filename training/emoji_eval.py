@@ -39,7 +39,7 @@ from service.images import grid, to_uint8
 from service.jobs import DiffusionJob
 from service.registry import LoadedModel, load_model
 from service.text2image import TextPipeline, TextToImage
-from training.emoji_data import CATEGORIES, EmojiSplit, is_heldout, load_split
+from training.emoji_data import CATEGORIES, EmojiSplit, is_heldout, load_split, to_unit
 from training.evaluate import FeatureNet, Setting, sample_diffusion
 from training.train import TrainConfig, Trainer
 
@@ -96,11 +96,6 @@ class EmojiClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.body(x)
         return self.head(self.dropout(f)), f
-
-
-def to_unit(images: np.ndarray) -> np.ndarray:
-    """uint8 drawings (N, 3, S, S) -> float32 in [-1, 1], the classifier's input."""
-    return (images.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
 
 
 def train_emoji_classifier(cfg: TrainConfig, split: EmojiSplit | None = None) -> Trainer:

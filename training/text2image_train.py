@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from service.clip_tokenizer import ClipTokenizer
-from training.emoji_data import DATA, EmojiSplit, captions, is_heldout, load_split
+from training.emoji_data import DATA, EmojiSplit, captions, is_heldout, load_split, to_unit
 from training.sd_layout import export_pipeline, learn_bpe, write_tokenizer
 from training.train import TrainConfig, Trainer, ema_update
 
@@ -159,7 +159,7 @@ def train_text2image(cfg: TrainConfig, arch: Arch | None = None, split: EmojiSpl
     table, counts = caption_table(split, tokenizer)
     empty = torch.from_numpy(tokenizer([""])[0][0].astype(np.int64))
     images, emoji_of, _ = split.part(heldout=False)
-    x = torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)
+    x = torch.from_numpy(to_unit(images))
     y = torch.from_numpy(emoji_of)
     torch.manual_seed(cfg.seed)
     text, unet = make_models(len(tokenizer.vocab), arch, tokenizer.bos_id, tokenizer.eos_id)
