@@ -110,7 +110,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     model_dir = Path(args.model_dir)
     names = args.models or [p.name for p in discover(model_dir) if is_digit_card(load_card(p).model_dump())]
-    table = run_eval(model_dir, names, args.threads or 2, args.settings, Path(args.report))
+    table = run_eval(model_dir, names, args.threads or 2, args.settings, Path(args.report), args.n, args.bootstrap)
     print(table)
 
 
@@ -205,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="*", help="only these settings, e.g. dpmpp_2m-20 ddim-50")
     p.add_argument("--threads", type=int, help="ONNX Runtime threads")
     p.add_argument("--report", default="docs/quality.md")
+    p.add_argument("--n", type=int, default=1000, help="generated images per setting (a multiple of 10)")
+    p.add_argument("--bootstrap", type=int, default=100, help="resamples for the FID and sFID intervals (0: none)")
     p.set_defaults(func=_eval)
     p = sub.add_parser(
         "eval-emoji",

@@ -2,8 +2,9 @@
 
 No torch: generation runs the ONNX models with `service`'s generators, samplers and step
 scheduler; features come from the exported evaluation classifier. Every setting draws
-N = 1,000 images (100 per label) and compares them with the 1,000 held-out digits; the floor
-compares 1,000 training digits with the same held-out set.
+N images (default 1,000, N / 10 per label) and compares them with the 1,000 held-out digits; the
+floor compares N training digits (at most all 4,000) with the same held-out set. FID and sFID
+come with 95% bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -19,12 +20,11 @@ import numpy as np
 from tqdm import tqdm
 
 from service.cards import ModelCard
-from service.evaluation import Quality, quality, unconditional_quality
+from service.evaluation import BOOTSTRAP_ROUNDS, Quality, quality, spatial_features, unconditional_quality
 from service.generators import generate_latent
 from service.images import grid, to_uint8
 from service.jobs import DiffusionJob, LatentJob
 from service.registry import LoadedModel, load_model
-from service.runtime import OnnxModel
 from service.samplers import SamplerName
 from service.scheduler import StepScheduler
 from training.data import load_split
@@ -32,12 +32,15 @@ from training.data import load_split
 N_EVAL = 1000
 REPORT_HEAD = """# Sample quality of the shipped models
 
-Made by `genserve eval` (see `training/evaluate.py`): N = 1,000 generated images per setting
-(100 per label) against the 1,000 held-out digits, in the 128-d penultimate features of the
-evaluation classifier (`exported/_evaluation/classifier.onnx`). FID; precision and recall
-(Kynkaanniemi et al. 2019, k = 3); label accuracy is the share of images the classifier gives
-the requested label. The floor row compares 1,000 training digits with the held-out digits; its
-label accuracy is the classifier's own accuracy on the held-out digits.
+Made by `genserve eval` (see `training/evaluate.py`): N generated images per setting (N / 10
+per label) against the 1,000 held-out digits, in the 128-d penultimate features of the
+evaluation classifier (`exported/_evaluation/classifier.onnx`). FID, with a 95% interval (the
+estimate +- 1.96 standard deviations of FID over 100 resamples of both sets); sFID (Nash et al.
+2021): FID on the first 7 channels of the classifier's last spatial map (7 x 7 x 7 = 343 values:
+where the strokes are, rather than what digit they make), with its interval; precision and recall (Kynkaanniemi et al. 2019, k = 3); label accuracy is the
+share of images the classifier gives the requested label. The floor row compares N training
+digits (at most all 4,000) with the held-out digits; its label accuracy is the classifier's own
+accuracy on the held-out digits.
 Diffusion settings are `sampler-steps` (guidance 1, plain conditional sampling) and `-cfgW`
 (classifier-free guidance scale W, two network rows per image). `uncond` settings draw the same
 N images with no label (the null label): label accuracy does not apply, and the last column
@@ -92,19 +95,47 @@ def settings_for(card: ModelCard) -> tuple[Setting, ...]:
     return DIFFUSION_SETTINGS
 
 
+@dataclass(frozen=True)
+class Embedding:
+    """What the evaluation classifier makes of a set of images."""
+
+    predicted: np.ndarray  # (N,) class read
+    features: np.ndarray  # (N, D) penultimate features: FID, precision/recall
+    spatial: np.ndarray | None  # (N, 7 * H * W): sFID's features, where the graph has a spatial map
+
+
 class FeatureNet:
-    """The exported classifier: logits and penultimate features for (N, 1, 28, 28) images in [-1, 1]."""
+    """The exported classifier: logits and penultimate features for (N, C, H, W) images in [-1, 1],
+    and (`embed`) the spatial map it flattens into its dense layers, read from the same graph by
+    adding that tensor to its outputs (the classifier file stays as exported)."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        self.onnx = OnnxModel(path, device="cpu", intra_op_threads=threads)
+        import onnx  # the training extra: only the evaluation rewrites a graph
+        import onnxruntime as ort
+
+        graph = onnx.load(str(path))
+        flatten = [n for n in graph.graph.node if n.op_type == "Flatten"]
+        self.spatial_name = flatten[0].input[0] if flatten else None
+        if self.spatial_name is not None:
+            graph.graph.output.append(onnx.ValueInfoProto(name=self.spatial_name))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        self.outputs = ["logits", "features", *([self.spatial_name] if self.spatial_name else [])]
+
+    def embed(self, images: np.ndarray) -> Embedding:
+        parts: list[list[np.ndarray]] = [[] for _ in self.outputs]
+        for i in range(0, len(images), 500):
+            out = self.session.run(self.outputs, {"image": images[i : i + 500].astype(np.float32)})
+            for part, o in zip(parts, out, strict=True):
+                part.append(np.asarray(o))
+        logits, feats, *maps = (np.concatenate(p) for p in parts)
+        spatial = spatial_features(maps[0]) if maps else None
+        return Embedding(logits.argmax(1), feats.astype(np.float64), spatial)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, feats = [], []
-        for i in range(0, len(images), 500):
-            out = self.onnx.session.run(["logits", "features"], {"image": images[i : i + 500].astype(np.float32)})
-            logits.append(out[0])
-            feats.append(out[1])
-        return np.concatenate(logits).argmax(1), np.concatenate(feats).astype(np.float64)
+        e = self.embed(images)
+        return e.predicted, e.features
 
 
 def eval_labels(n: int = N_EVAL) -> np.ndarray:
@@ -162,11 +193,18 @@ def write_grid(folder: Path, images: np.ndarray, labels: np.ndarray, names: list
 
 
 def evaluate_model(
-    model_dir: Path, name: str, features: FeatureNet, real: np.ndarray, threads: int, settings: list[str] | None
+    model_dir: Path,
+    name: str,
+    features: FeatureNet,
+    real: Embedding,
+    threads: int,
+    settings: list[str] | None,
+    n: int = N_EVAL,
+    bootstrap: int = BOOTSTRAP_ROUNDS,
 ) -> dict[str, Quality]:
     folder = model_dir / name
     model = load_model(folder, device="cpu", intra_op_threads=threads)
-    labels = eval_labels()
+    labels = eval_labels(n)
     todo = settings_for(model.card)
     results: dict[str, Quality] = {}
     for setting in todo:
@@ -179,26 +217,40 @@ def evaluate_model(
             images = sample_diffusion(model, labels, setting)
         else:
             images = sample_latent(model, labels, setting.unconditional)
-        predicted, feats = features(images)
+        fake = features.embed(images)
+        spatial = (real.spatial, fake.spatial) if real.spatial is not None and fake.spatial is not None else None
         if setting.unconditional:
-            results[setting.key] = unconditional_quality(real, feats, predicted, len(model.card.labels))
+            results[setting.key] = unconditional_quality(
+                real.features,
+                fake.features,
+                fake.predicted,
+                len(model.card.labels),
+                spatial=spatial,
+                bootstrap=bootstrap,
+            )
         else:
-            results[setting.key] = quality(real, feats, predicted, labels)
+            results[setting.key] = quality(
+                real.features, fake.features, fake.predicted, labels, spatial=spatial, bootstrap=bootstrap
+            )
         print(f"{name} {setting.key}: {results[setting.key].as_dict()} ({time.time() - t0:.0f}s)", flush=True)
         if setting.key in ("default", "dpmpp_2m-20") or (model.card.sampling and setting is todo[-2]):
             write_grid(folder, images, labels, model.card.labels)
     return results
 
 
-def floor(features: FeatureNet) -> tuple[Quality, np.ndarray]:
-    """Held-out digits as the reference; 1,000 training digits as 'generated': the best a model can do."""
+def floor(features: FeatureNet, bootstrap: int = BOOTSTRAP_ROUNDS, n: int = N_EVAL) -> tuple[Quality, Embedding]:
+    """Held-out digits as the reference; `n` training digits (at most all of them) as 'generated':
+    the best a model can do."""
     split = load_split()
-    held_predicted, real = features(split.heldout_x)
+    real = features.embed(split.heldout_x)
     rng = np.random.default_rng(EVAL_SEED)
-    idx = rng.choice(len(split.train_x), N_EVAL, replace=False)
-    _, train_feats = features(split.train_x[idx])
+    idx = rng.choice(len(split.train_x), min(n, len(split.train_x)), replace=False)
+    train = features.embed(split.train_x[idx])
+    spatial = (real.spatial, train.spatial) if real.spatial is not None and train.spatial is not None else None
     # The floor's label accuracy is the classifier's own accuracy on the held-out digits.
-    return quality(real, train_feats, held_predicted, split.heldout_y), real
+    return quality(
+        real.features, train.features, real.predicted, split.heldout_y, spatial=spatial, bootstrap=bootstrap
+    ), real
 
 
 def is_digit_card(card: dict[str, Any]) -> bool:
@@ -219,6 +271,7 @@ def quality_from_dict(d: dict[str, float]) -> Quality:
     return Quality(
         d["fid"], d["precision"], d["recall"], acc, int(d["n"]),
         d.get("min_class_share"), d.get("max_class_share"), d.get("class_tv"),
+        d.get("fid_lo"), d.get("fid_hi"), d.get("sfid"), d.get("sfid_lo"), d.get("sfid_hi"),
     )  # fmt: skip
 
 
@@ -239,10 +292,17 @@ def table_from_cards(model_dir: Path) -> str:
     return markdown_table(rows, floor_q)
 
 
+def _interval(value: float | None, lo: float | None, hi: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if lo is None or hi is None else f"{value:.2f} [{lo:.1f}, {hi:.1f}]"
+
+
 def markdown_table(rows: dict[str, dict[str, Quality]], floor_q: Quality) -> str:
     lines = [
-        "| model | setting | FID | FID / floor | precision | recall | label accuracy | class shares (uncond) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | setting | N | FID [95%] | FID / floor | sFID [95%] | precision | recall | label accuracy "
+        "| class shares (uncond) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(model: str, key: str, q: Quality) -> str:
@@ -252,7 +312,8 @@ def markdown_table(rows: dict[str, dict[str, Quality]], floor_q: Quality) -> str
             shares = f"{q.min_class_share:.1%} - {q.max_class_share:.1%}"
         ratio = q.fid / floor_q.fid if floor_q.fid > 0 else float("nan")
         return (
-            f"| {model} | {key} | {q.fid:.2f} | {ratio:.2f}x | {q.precision:.3f} | {q.recall:.3f} | {acc} | {shares} |"
+            f"| {model} | {key} | {q.n:,} | {_interval(q.fid, q.fid_lo, q.fid_hi)} | {ratio:.2f}x "
+            f"| {_interval(q.sfid, q.sfid_lo, q.sfid_hi)} | {q.precision:.3f} | {q.recall:.3f} | {acc} | {shares} |"
         )
 
     lines.append(row("floor", "train vs held-out", floor_q))
@@ -280,13 +341,21 @@ def write_reports(folder: Path) -> None:
     (folder / "report.md").write_text(f"# {folder.name}: sample quality\n\n{REPORT_HEAD.split(chr(10), 2)[2]}{table}\n")
 
 
-def run_eval(model_dir: Path, names: list[str], threads: int, settings: list[str] | None, report: Path) -> str:
+def run_eval(
+    model_dir: Path,
+    names: list[str],
+    threads: int,
+    settings: list[str] | None,
+    report: Path,
+    n: int = N_EVAL,
+    bootstrap: int = BOOTSTRAP_ROUNDS,
+) -> str:
     """Evaluates `names`, updates their cards and per-model reports, and writes the combined report."""
     features = FeatureNet(model_dir / CLASSIFIER, threads)
-    floor_q, real = floor(features)
+    floor_q, real = floor(features, bootstrap, n)
     all_results: dict[str, dict[str, Quality]] = {}
     for name in names:
-        results = evaluate_model(model_dir, name, features, real, threads, settings)
+        results = evaluate_model(model_dir, name, features, real, threads, settings, n, bootstrap)
         all_results[name] = results
         update_card(model_dir / name, results, floor_q)
         write_reports(model_dir / name)

@@ -58,3 +58,41 @@ def test_class_shares_measure_how_far_samples_are_from_uniform() -> None:
     q = unconditional_quality(f, f, np.array([3] * 100), 10)
     assert q.label_accuracy is None and q.max_class_share == 1.0
     assert {"min_class_share", "max_class_share", "class_tv"} <= set(q.as_dict())
+
+
+def test_the_fid_interval_is_as_wide_as_fids_spread_over_fresh_samples() -> None:
+    """The bootstrap from one pair of sets against the real thing: FID between fresh pairs drawn
+    from the same two distributions, 60 times."""
+    from service.evaluation import bootstrap_interval
+
+    rng = np.random.default_rng(4)
+    mix = rng.uniform(0.6, 1.2, (8, 8))
+
+    def pair() -> tuple[np.ndarray, np.ndarray]:
+        return rng.standard_normal((400, 8)), rng.standard_normal((400, 8)) @ mix * 0.5 + 0.2
+
+    lo, hi = bootstrap_interval(frechet_distance, *pair(), rounds=200)
+    fresh = [frechet_distance(*pair()) for _ in range(60)]
+    spread = np.quantile(fresh, 0.975) - np.quantile(fresh, 0.025)
+    assert 0.5 < (hi - lo) / spread < 2.0
+
+
+def test_sfid_takes_the_first_channels_of_the_spatial_map() -> None:
+    from service.evaluation import spatial_features
+
+    maps = np.arange(2 * 9 * 3 * 3, dtype=np.float32).reshape(2, 9, 3, 3)
+    out = spatial_features(maps)
+    assert out.shape == (2, 63) and out.dtype == np.float64
+    np.testing.assert_array_equal(out[1], maps[1, :7].ravel())
+
+
+def test_quality_reports_intervals_and_sfid_only_when_asked() -> None:
+    rng = np.random.default_rng(5)
+    real, fake = rng.standard_normal((300, 4)), rng.standard_normal((300, 4)) + 0.3
+    plain = quality(real, fake)
+    assert plain.fid_lo is None and plain.sfid is None and "sfid" not in plain.as_dict()
+    full = quality(real, fake, spatial=(real[:, :2], fake[:, :2]), bootstrap=50)
+    assert full.fid == plain.fid
+    assert full.fid_lo is not None and full.fid_hi is not None and full.fid_lo < full.fid < full.fid_hi
+    assert full.sfid == frechet_distance(real[:, :2], fake[:, :2])
+    assert {"fid_lo", "fid_hi", "sfid", "sfid_lo", "sfid_hi"} <= set(full.as_dict())

@@ -72,3 +72,26 @@ def test_distilled_export_is_a_step_conditioned_served_model(trained_checkpoints
     assert model.card.sampling is not None and model.card.sampling.steps == [1, 2, 4]
     assert model.card.onnx.inputs["num_steps"] in model.onnx.inputs
     assert "Teacher: " in model.card.provenance.notes
+
+
+def test_the_evaluation_reads_the_classifiers_spatial_map_from_its_graph(tmp_path: Path) -> None:
+    """sFID's features: the first 7 channels of the map the classifier flattens, taken from the
+    exported file by adding that tensor to the graph's outputs, equal to torch's own."""
+    import numpy as np
+
+    from training.evaluate import FeatureNet
+
+    torch.manual_seed(0)
+    clf = nets.DigitClassifier().eval()
+    path = tmp_path / "classifier.onnx"
+    export.export_onnx(clf, export._image_inputs(2), path, ["image"], ["logits", "features"])
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        flattened = next(i for i, m in enumerate(clf.body) if isinstance(m, torch.nn.Flatten))
+        maps = clf.body[:flattened](x)
+        logits, feats = clf(x)
+    got = FeatureNet(path, 1).embed(x.numpy())
+    assert got.spatial is not None and got.spatial.shape == (5, 7 * 7 * 7)
+    np.testing.assert_allclose(got.spatial, maps[:, :7].flatten(1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(got.features, feats.numpy(), atol=1e-5)
+    assert (got.predicted == logits.argmax(1).numpy()).all()
