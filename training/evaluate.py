@@ -201,6 +201,7 @@ def evaluate_model(
     settings: list[str] | None,
     n: int = N_EVAL,
     bootstrap: int = BOOTSTRAP_ROUNDS,
+    grid: bool = True,
 ) -> dict[str, Quality]:
     folder = model_dir / name
     model = load_model(folder, device="cpu", intra_op_threads=threads)
@@ -233,7 +234,7 @@ def evaluate_model(
                 real.features, fake.features, fake.predicted, labels, spatial=spatial, bootstrap=bootstrap
             )
         print(f"{name} {setting.key}: {results[setting.key].as_dict()} ({time.time() - t0:.0f}s)", flush=True)
-        if setting.key in ("default", "dpmpp_2m-20") or (model.card.sampling and setting is todo[-2]):
+        if grid and (setting.key in ("default", "dpmpp_2m-20") or (model.card.sampling and setting is todo[-2])):
             write_grid(folder, images, labels, model.card.labels)
     return results
 
@@ -350,17 +351,32 @@ def run_eval(
     n: int = N_EVAL,
     bootstrap: int = BOOTSTRAP_ROUNDS,
 ) -> str:
-    """Evaluates `names`, updates their cards and per-model reports, and writes the combined report."""
+    """Evaluates `names`, updates their cards and per-model reports, and writes the combined report.
+
+    The cards hold the measurement at the standard N (1,000); a run at another N measures the
+    same way but writes only `report` (and its .json), with its own floor, leaving cards alone."""
     features = FeatureNet(model_dir / CLASSIFIER, threads)
     floor_q, real = floor(features, bootstrap, n)
+    standard = n == N_EVAL
     all_results: dict[str, dict[str, Quality]] = {}
     for name in names:
-        results = evaluate_model(model_dir, name, features, real, threads, settings, n, bootstrap)
+        results = evaluate_model(model_dir, name, features, real, threads, settings, n, bootstrap, grid=standard)
         all_results[name] = results
-        update_card(model_dir / name, results, floor_q)
-        write_reports(model_dir / name)
-    table = table_from_cards(model_dir)
+        if standard:
+            update_card(model_dir / name, results, floor_q)
+            write_reports(model_dir / name)
     report.parent.mkdir(parents=True, exist_ok=True)
+    if not standard:
+        table = markdown_table(all_results, floor_q)
+        report.write_text(
+            f"{REPORT_HEAD}At N = {n:,} (`genserve eval --n {n}`; the cards keep N = 1,000).\n\n{table}\n"
+        )
+        measured = {"n": n, "floor": floor_q.as_dict()} | {
+            m: {k: q.as_dict() for k, q in r.items()} for m, r in all_results.items()
+        }
+        report.with_suffix(".json").write_text(json.dumps(measured, indent=2) + "\n")
+        return table
+    table = table_from_cards(model_dir)
     report.write_text(REPORT_HEAD + table + "\n" + REPORT_FIGURES)
     from training.trilemma import write_trilemma  # matplotlib, only here
 

@@ -95,3 +95,26 @@ def test_the_evaluation_reads_the_classifiers_spatial_map_from_its_graph(tmp_pat
     np.testing.assert_allclose(got.spatial, maps[:, :7].flatten(1).numpy(), atol=1e-5)
     np.testing.assert_allclose(got.features, feats.numpy(), atol=1e-5)
     assert (got.predicted == logits.argmax(1).numpy()).all()
+
+
+def test_eval_writes_the_standard_measurement_to_cards_and_another_n_to_its_own_report(
+    trained_checkpoints: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from training.evaluate import run_eval
+
+    export.export_classifier(tmp_path, trained_checkpoints)
+    export.EXPORTERS["gan"](tmp_path, trained_checkpoints)
+    run_eval(tmp_path, ["gan"], 1, ["default"], tmp_path / "docs" / "quality.md", bootstrap=20)
+    card = json.loads((tmp_path / "gan" / "model.json").read_text())
+    default = card["quality"]["default"]
+    assert default["n"] == 1000 and default["fid_lo"] < default["fid"] < default["fid_hi"]
+    assert default["sfid_lo"] < default["sfid"] < default["sfid_hi"]
+    assert "| gan | default | 1,000 |" in (tmp_path / "docs" / "quality.md").read_text()
+
+    run_eval(tmp_path, ["gan"], 1, ["default"], tmp_path / "docs" / "quality-n200.md", n=200, bootstrap=20)
+    assert json.loads((tmp_path / "gan" / "model.json").read_text()) == card, "another N leaves the cards alone"
+    other = json.loads((tmp_path / "docs" / "quality-n200.json").read_text())
+    assert other["n"] == 200 and other["gan"]["default"]["n"] == 200 and other["floor"]["n"] == 200
+    assert "| gan | default | 200 |" in (tmp_path / "docs" / "quality-n200.md").read_text()

@@ -39,3 +39,13 @@ def test_points_take_quality_from_cards_and_ms_from_bench_core(tmp_path: Path) -
     assert (tmp_path / "quality-vs-steps.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn beside it
     assert pts[("diffusion", "dpmpp_2m-10")].label_accuracy == card["dpmpp_2m-10"]["label_accuracy"]
     assert floor_label_accuracy(tmp_path) == card["floor"]["label_accuracy"]
+
+
+def test_the_readme_and_the_quality_report_show_the_cards_figures() -> None:
+    """The quality table in the README and docs/quality.md is the one `genserve eval` makes from
+    the shipped cards: a figure changed in one place and not the other fails here."""
+    from training.evaluate import table_from_cards
+
+    table = table_from_cards(SHIPPED)
+    assert table in (SHIPPED.parent / "docs" / "quality.md").read_text()
+    assert table in (SHIPPED.parent / "README.md").read_text()
