@@ -141,6 +141,7 @@ def run(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
         bodies: dict[str, dict[str, Any]] = {
             "diffusion": {"n": 2, "steps": 10},
             "emoji-text": {"n": 2, "steps": 10, "prompt": "red apple"},
+            "emoji-category": {"n": 2, "steps": 10},
         }
         served = {
             m: requests.post(f"{url}/v1/models/{m}/generate", json=bodies.get(m, {"n": 2}), timeout=120).status_code

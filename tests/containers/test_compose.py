@@ -36,9 +36,12 @@ KEY = "compose-test-key"
 BASE = os.environ.get("GENSERVE_TEST_IMAGE_BASE", "localhost/debian:bookworm")
 MONITORING_IMAGE = "genserve-monitoring:0.1.0"
 SERVICES = ["ray-head", "ray-cpu-worker", "prometheus", "alertmanager", "alert-log"]
-MODELS = ["gan", "vae", "diffusion", "distilled", "emoji-text"]
-BODIES = {"emoji-text": {"n": 2, "seed": 7, "prompt": "red apple", "steps": 10}}  # the others: n and seed
-FILES = {"emoji-text": ("PNG", (32, 32), "RGB")}  # the others: 28x28 greyscale
+MODELS = ["gan", "vae", "diffusion", "distilled", "emoji-text", "emoji-category"]
+BODIES = {  # the others: n and seed
+    "emoji-text": {"n": 2, "seed": 7, "prompt": "red apple", "steps": 10},
+    "emoji-category": {"n": 2, "seed": 7, "label": 3, "steps": 10},
+}
+FILES = {"emoji-text": ("PNG", (32, 32), "RGB"), "emoji-category": ("PNG", (32, 32), "RGB")}  # others: 28x28 grey
 
 
 @dataclass
