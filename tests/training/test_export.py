@@ -111,7 +111,8 @@ def test_eval_writes_the_standard_measurement_to_cards_and_another_n_to_its_own_
     default = card["quality"]["default"]
     assert default["n"] == 1000 and default["fid_lo"] < default["fid"] < default["fid_hi"]
     assert default["sfid_lo"] < default["sfid"] < default["sfid_hi"]
-    assert "| gan | default | 1,000 |" in (tmp_path / "docs" / "quality.md").read_text()
+    report = (tmp_path / "docs" / "quality.md").read_text()
+    assert "| gan | default | 1,000 |" in report and "How wide the intervals are, measured" in report
 
     run_eval(tmp_path, ["gan"], 1, ["default"], tmp_path / "docs" / "quality-n200.md", n=200, bootstrap=20)
     assert json.loads((tmp_path / "gan" / "model.json").read_text()) == card, "another N leaves the cards alone"
