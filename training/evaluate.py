@@ -45,10 +45,10 @@ per label) against the 1,000 held-out digits, in the 128-d penultimate features 
 evaluation classifier (`exported/_evaluation/classifier.onnx`). FID, with a 95% interval (the
 estimate +- 1.96 standard deviations of FID over 100 resamples of both sets); sFID (Nash et al.
 2021): FID on the first 7 channels of the classifier's last spatial map (7 x 7 x 7 = 343 values:
-where the strokes are, rather than what digit they make), with its interval; precision and recall (Kynkaanniemi et al. 2019, k = 3); label accuracy is the
-share of images the classifier gives the requested label. The floor row compares N training
-digits (at most all 4,000) with the held-out digits; its label accuracy is the classifier's own
-accuracy on the held-out digits.
+where the strokes are, rather than what digit they make), with its interval; precision and
+recall (Kynkaanniemi et al. 2019, k = 3); label accuracy is the share of images the classifier
+gives the requested label. The floor row compares N training digits (at most all 4,000) with
+the held-out digits; its label accuracy is the classifier's own accuracy on the held-out digits.
 Diffusion settings are `sampler-steps` (guidance 1, plain conditional sampling) and `-cfgW`
 (classifier-free guidance scale W, two network rows per image). `uncond` settings draw the same
 N images with no label (the null label): label accuracy does not apply, and the last column
@@ -271,14 +271,15 @@ class Calibration:
 
     n: int
     sets: int
+    fresh_mean: float
     fresh_sd: float
     bootstrap_sd: float
 
     def sentence(self) -> str:
         return (
             f"How wide the intervals are, measured: FID against the held-out digits of {self.sets} random sets of "
-            f"{self.n:,} training digits (drawn from 4,000, so they overlap a little) has standard deviation "
-            f"{self.fresh_sd:.2f}; the bootstrap's, for one of them, is {self.bootstrap_sd:.2f}, "
+            f"{self.n:,} training digits (drawn from 4,000, so they overlap a little) has mean {self.fresh_mean:.2f} "
+            f"and standard deviation {self.fresh_sd:.2f}; the bootstrap's, for one of them, is {self.bootstrap_sd:.2f}, "
             f"{self.bootstrap_sd / self.fresh_sd:.1f}x that (a resample repeats rows, and a set of N with repeats "
             "varies about like a fresh set of N / 2; it also counts the held-out set's own variation). So the "
             "intervals are conservative, and the fresh-set spread is the better guide to whether two rows "
@@ -294,7 +295,7 @@ def calibrate(features: FeatureNet, n: int = N_EVAL, sets: int = 30, rounds: int
     fresh = [frechet_distance(real, train[rng.choice(len(train), n, replace=False)]) for _ in range(sets)]
     one = train[rng.choice(len(train), n, replace=False)]
     lo, hi = bootstrap_interval(frechet_distance, real, one, rounds)
-    return Calibration(n, sets, float(np.std(fresh, ddof=1)), (hi - lo) / (2 * 1.96))
+    return Calibration(n, sets, float(np.mean(fresh)), float(np.std(fresh, ddof=1)), (hi - lo) / (2 * 1.96))
 
 
 def is_digit_card(card: dict[str, Any]) -> bool:
