@@ -328,7 +328,8 @@ def node_loss(seconds: float) -> dict[str, Any]:
         port = free_port()
         # One HAProxy, on the head: the nodes share this machine's ports.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        gpu = {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0.25}}
+        # an eighth of a logical GPU each: every shipped model's replica fits on the one worker left
+        gpu = {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0.125}}
         options = {model_deployment_name(p.name): dict(gpu) for p in discover(ROOT / "exported")}
         deploy(build_apps({"model_dir": str(ROOT / "exported"), "deployment_options": options}))
         url = f"http://127.0.0.1:{port}"
@@ -358,6 +359,7 @@ def node_loss(seconds: float) -> dict[str, Any]:
         loader.join()
         return {
             "nodes": "head (2 CPUs, no GPU) + 2 workers (1 CPU, 1 logical GPU each)",
+            "gpu_per_replica": gpu["ray_actor_options"]["num_gpus"],
             "diffusion_moved_to_other_worker": new_node != node_id and new_node in {n.node_id for n in workers},
             "recovery_s": rec,
             "load_req_per_s": 4.0,

@@ -120,7 +120,8 @@ def markdown(report: dict[str, Any]) -> str:
         parts += [
             "## Worker node lost under load",
             "",
-            f"A Ray cluster on this machine: {nl['nodes']}; every model replica asks for 0.25 GPU. Under "
+            f"A Ray cluster on this machine: {nl['nodes']}; every model replica asks for "
+            f"{nl.get('gpu_per_replica', 0.25):g} GPU. Under "
             f"{nl['load_req_per_s']:.0f} req/s of mixed load the worker node running the diffusion replica "
             f"was removed without draining (its raylet and workers killed). A diffusion replica was ready on "
             f"{'the other worker node' if nl['diffusion_moved_to_other_worker'] else 'an unexpected node'} and "

@@ -1,13 +1,12 @@
-"""A colour model on the label path, served by real Ray Serve: the emoji-by-category recipe
-(3 channels, 32x32, nine labels) trained for a step on synthetic drawings and exported as a
-plain `diffusion` folder, deployed on the session's server as its own application. Its answers
-are RGB PNGs equal to the library's, and image-to-image takes RGB uploads."""
+"""A colour model on the label path, served by real Ray Serve: the shipped `emoji-category`
+(3 channels, 32x32, nine labels; a plain `diffusion` folder in `exported/`), on the session's
+server. Its answers are RGB PNGs equal to the library's, and image-to-image takes RGB uploads.
+(tests/training/test_emoji_eval.py trains, exports and measures the recipe on synthetic drawings.)"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,33 +19,15 @@ from service.registry import load_model
 from service.scheduler import StepScheduler
 from tests.integration.conftest import Server
 from tests.integration.test_serve import generate, images_of
-from tests.training.synthetic_emoji import synthetic_split
-from training.emoji_category import export_emoji_category, train_emoji_category
 from training.emoji_data import CATEGORIES
-from training.train import default_config
 
 pytestmark = pytest.mark.integration
 NAME = "emoji-category"
 
 
 @pytest.fixture(scope="module")
-def model_dir(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    from ray import serve
-
-    from deployments.app import model_app_name, model_application, model_route_prefix
-    from deployments.local import replica_ready
-    from service.cards import load_card
-    from service.settings import Settings
-
-    root = tmp_path_factory.mktemp("colour")
-    cfg = default_config("emoji-category", steps=1, batch_size=4, checkpoint_dir=root / "ckpt")
-    train_emoji_category(cfg, synthetic_split())
-    export_emoji_category(root / "ckpt" / "emoji-category.safetensors", root / "models" / NAME)
-    app = model_application(load_card(root / "models" / NAME), Settings(model_dir=root / "models"))
-    serve.run(app, name=model_app_name(NAME), route_prefix=model_route_prefix(NAME), blocking=False)
-    replica_ready(NAME, timeout_s=120)
-    yield root / "models"
-    serve.delete(model_app_name(NAME))
+def model_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "exported"
 
 
 def test_the_model_describes_itself_in_colour(server: Server, model_dir: Path) -> None:
