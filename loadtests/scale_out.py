@@ -128,7 +128,8 @@ def run(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
         port = free_port()
         # One HAProxy, on the head: the nodes share this machine's ports.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        gpu = {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0.25}}
+        # an eighth of a logical GPU each: six models and diffusion's extra replicas fit with room
+        gpu = {"ray_actor_options": {"num_cpus": 0.1, "num_gpus": 0.125}}
         options = {model_deployment_name(p.name): dict(gpu) for p in discover(Path(model_dir))}
         deploy(build_apps({"model_dir": model_dir, "deployment_options": options}))
         url = f"http://127.0.0.1:{port}"
