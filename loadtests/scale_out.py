@@ -195,7 +195,7 @@ def markdown(result: dict[str, Any]) -> str:
 Command: `python loadtests/scale_out.py --out docs/scale-out.md` (`tests/integration/test_scale_out.py`
 runs it with the queued-work policy only). A Ray cluster of a head ({result["nodes"]["head"]}) and
 {result["nodes"]["workers"]}, all on this machine; every model deployment asks for
-`num_gpus: 0.25`. With no physical GPU, ONNX Runtime falls back to the CPU provider.
+`num_gpus: 0.125`. With no physical GPU, ONNX Runtime falls back to the CPU provider.
 
 | deployment | replica on a GPU node | ONNX provider | first request |
 |---|---|---|---|
