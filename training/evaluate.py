@@ -111,6 +111,10 @@ class Embedding:
     features: np.ndarray  # (N, D) penultimate features: FID, precision/recall
     spatial: np.ndarray | None  # (N, 7 * H * W): sFID's features, where the graph has a spatial map
 
+    def spatial_pair(self, other: Embedding) -> tuple[np.ndarray, np.ndarray] | None:
+        """(self, other) spatial features for sFID, or None where either has none."""
+        return None if self.spatial is None or other.spatial is None else (self.spatial, other.spatial)
+
 
 class FeatureNet:
     """The exported classifier: logits and penultimate features for (N, C, H, W) images in [-1, 1],
@@ -227,7 +231,7 @@ def evaluate_model(
         else:
             images = sample_latent(model, labels, setting.unconditional)
         fake = features.embed(images)
-        spatial = (real.spatial, fake.spatial) if real.spatial is not None and fake.spatial is not None else None
+        spatial = real.spatial_pair(fake)
         if setting.unconditional:
             results[setting.key] = unconditional_quality(
                 real.features,
@@ -255,7 +259,7 @@ def floor(features: FeatureNet, bootstrap: int = BOOTSTRAP_ROUNDS, n: int = N_EV
     rng = np.random.default_rng(EVAL_SEED)
     idx = rng.choice(len(split.train_x), min(n, len(split.train_x)), replace=False)
     train = features.embed(split.train_x[idx])
-    spatial = (real.spatial, train.spatial) if real.spatial is not None and train.spatial is not None else None
+    spatial = real.spatial_pair(train)
     # The floor's label accuracy is the classifier's own accuracy on the held-out digits.
     return quality(
         real.features, train.features, real.predicted, split.heldout_y, spatial=spatial, bootstrap=bootstrap
