@@ -32,6 +32,17 @@ def test_parallel_slices_give_the_same_rows_as_one_call(batch: int) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
+def test_the_session_for_lone_batches_does_not_spin() -> None:
+    """A batch smaller than the slice count runs on a multi-threaded session whose threads sleep
+    between calls, so they leave the cores to the replica's event loop at low load; the slice
+    sessions are single-threaded (no pool to spin)."""
+    sliced = OnnxModel(SHIPPED / "gan" / "model.onnx", device="cpu", intra_op_threads=2)
+    whole = sliced._whole.get_session_options()
+    assert whole.intra_op_num_threads == 2
+    assert whole.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert sliced.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_a_session_that_falls_back_from_the_provider_it_was_asked_for_says_why() -> None:
     assert wanted_provider("cpu") == "CPUExecutionProvider" and wanted_provider("cuda") == "CUDAExecutionProvider"
     assert fallback_note("CPUExecutionProvider", "CPUExecutionProvider") is None
