@@ -7,12 +7,14 @@ a ladder of rates for latency at equal offered load. Peers:
 - plain:     FastAPI + ONNX Runtime, one network call per request (`loadtests/baseline_server.py`)
 - triton:    the same models behind Triton's dynamic batcher via PyTriton (`loadtests/triton_server.py`),
              when `.venv-pytriton` exists (`make bench` builds it)
-- genserve:  the app `make serve` runs
+- genserve:  the app `make serve` runs, serving the models every peer serves (gan, diffusion)
 - nobatch:   genserve with batching off (max batch 1)
 - window:    genserve whose GAN batches wait up to 5 ms for company (a fixed window, as Serve's
              `@serve.batch` does), against genserve's default of no wait while a slot is free
 - reqlevel:  genserve with request-level diffusion batching (`loadtests/variants.py`)
 - empty:     genserve's route shape with no model work, and plain uvicorn likewise: the stack ceilings
+- all-models: genserve serving every model in exported/, as `make serve` does (saturation only):
+             what the idle replicas of the other models cost the two under test
 
 Also measured in the same run: the in-process library at the HTTP requests' batch size (the
 serving overhead), this machine's matrix-multiply peak and the diffusion network's FLOPs (how
@@ -30,8 +32,10 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,20 @@ MIXED_STEPS = (10, 20, 50, 200)
 CONCURRENCY = 32
 ORT_THREADS = 2  # this machine's cores; every peer gets the same
 BATCH_WINDOW_S = 0.005  # the "window" variant: what GAN batches waited before service/batcher.py
+# The models the workloads use: Triton serves these two; the plain server loads every folder, but
+# in its one process an idle model costs nothing, where in genserve each is a replica of its own.
+PEER_MODELS = ("gan", "diffusion")
+
+
+@contextmanager
+def model_folder(names: tuple[str, ...]) -> Iterator[Path]:
+    """A model directory holding only `names` (links to the shipped folders): genserve serves
+    the models the workloads use, with no idle replicas of the others beside them (the
+    `all-models` peer measures what those cost)."""
+    with tempfile.TemporaryDirectory(prefix="genserve-bench-models-") as d:
+        for name in names:
+            (Path(d) / name).symlink_to(ROOT / "exported" / name, target_is_directory=True)
+        yield Path(d)
 
 
 @dataclass(frozen=True)
@@ -317,7 +335,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if triton_py.exists() and not args.no_triton:
         print("PyTriton (Triton dynamic batcher)", flush=True)
         triton = Peer(
-            "triton", "Triton dynamic batcher via PyTriton", ("gan-1", "gan-8", "diffusion-20"), kind="triton"
+            "triton",
+            "Triton dynamic batcher via PyTriton",
+            ("gan-1", "gan-8", "diffusion-20", "mixed"),
+            kind="triton",
         )
         cmd = [str(triton_py), "-m", "loadtests.triton_server", "--http-port", "8200", "--threads", str(ORT_THREADS)]
         with process(cmd, "http://127.0.0.1:8200/v2/health/ready", {"PYTHONPATH": str(ROOT)}):
@@ -328,13 +349,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from deployments.local import deploy, wait_ready
 
-    base_args = {"model_dir": str(ROOT / "exported"), "ort_threads": ORT_THREADS}
     print("genserve (Ray Serve)", flush=True)
-    with genserve(apps=build_apps(base_args), port=8300) as running:
+    with ExitStack() as stack:
+        models = stack.enter_context(model_folder(PEER_MODELS))
+        base_args = {"model_dir": str(models), "ort_threads": ORT_THREADS}
+        running = stack.enter_context(genserve(apps=build_apps(base_args), port=8300))
         url = running.url
         gs = Peer(
             "genserve",
-            "genserve, the app `make serve` runs (with GENSERVE_ORT_THREADS=2, like every peer)",
+            f"genserve, the app `make serve` runs, on a model folder holding the models every peer serves "
+            f"({', '.join(PEER_MODELS)}), with GENSERVE_ORT_THREADS={ORT_THREADS} like every peer",
             ("gan-1", "gan-8", "diffusion-20", "mixed"),
         )
         drive(gs, url, seconds, args.quick)
@@ -350,6 +374,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 }
             }
         }
+        every_model = build_apps({**base_args, "model_dir": str(ROOT / "exported")})
         variants = [
             (
                 Peer("nobatch", "genserve, max batch 1", ("gan-1", "gan-8", "diffusion-20")),
@@ -367,6 +392,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (
                 Peer("empty", "genserve route shape, no model work", ("gan-1",), saturation_only=True),
                 empty_app(base_args),
+            ),
+            (
+                Peer(
+                    "all-models",
+                    f"genserve serving every model in exported/ ({len(every_model) - 1}), as `make serve` does",
+                    ("gan-1", "diffusion-20"),
+                    saturation_only=True,
+                ),
+                every_model,
             ),
         ]
         for peer, app in variants:

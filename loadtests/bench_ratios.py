@@ -71,6 +71,13 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             "p50_10_step_lower_by": p50_10,
             "p99_10_step_lower_by": p99_10,
         }
+    every = {}
+    for w in ("gan-1", "diffusion-20"):
+        mine, all_models = _sat(report, "genserve", w), _sat(report, "all-models", w)
+        if mine and all_models:
+            every[w] = _div(all_models.images_per_s, mine.images_per_s)
+    if every:
+        out["all-models/genserve"] = every  # < 1: what the idle replicas of the other models cost
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
     out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
     gan, empty, plain_empty = (

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-PEER_ORDER = ("genserve", "plain", "triton", "nobatch", "window", "reqlevel", "empty", "plain-empty")
+PEER_ORDER = ("genserve", "plain", "triton", "nobatch", "window", "reqlevel", "empty", "plain-empty", "all-models")
 
 
 def _f(x: float | None, digits: int = 1) -> str:
@@ -67,6 +67,48 @@ def targets(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+# The one-hop layout's targets: (workload, peer, genserve / peer images/s at saturation at least).
+ONE_HOP_THROUGHPUT = [
+    ("gan-1", "plain", 0.8),
+    ("gan-1", "triton", 0.8),
+    ("gan-8", "plain", 1.0),
+    ("gan-8", "triton", 1.0),
+    ("diffusion-20", "plain", 1.0),
+    ("diffusion-20", "triton", 1.0),
+    ("mixed", "plain", 1.0),
+    ("mixed", "triton", 1.0),
+]
+ONE_HOP_P99 = 1.5  # genserve's p99 at most this times plain's, at every offered rate below saturation
+ONE_HOP_STACK = 0.5  # empty genserve deployment / plain uvicorn, requests/s
+
+
+def one_hop_targets(report: dict[str, Any]) -> list[str]:
+    """The one-hop layout's targets, each a ratio within this run."""
+    r = report["ratios"]
+    rows = ["| target | measured | |", "|---|---|---|"]
+    for workload, peer, want in ONE_HOP_THROUGHPUT:
+        t = (r.get(f"genserve/{peer}/{workload}") or {}).get("throughput")
+        rows.append(
+            f"| images/s at saturation, genserve / {peer}, {workload}: >= {want:g} | {_f(t, 2)} | {_met(t, want)} |"
+        )
+    for workload in report["workloads"]:
+        lower_by = (r.get(f"genserve/plain/{workload}") or {}).get("p99_lower_by") or {}
+        worse = {k: 1 / v for k, v in lower_by.items() if v}
+        worst = max(worse.values(), default=None)
+        at = max(worse, key=lambda k: worse[k]) if worse else None
+        shown = f"{worst:.2f}x (at {float(at):g} req/s)" if worst is not None and at is not None else "n/a"
+        met = "not measured" if worst is None else ("met" if worst <= ONE_HOP_P99 else "**missed**")
+        rows.append(
+            f"| p99 at equal offered load, genserve / plain, {workload}, every rate: <= {ONE_HOP_P99:g}x | {shown} | {met} |"
+        )
+    stack = r.get("ray-stack/plain-stack")
+    rows.append(
+        f"| empty genserve deployment / plain uvicorn, requests/s: >= {ONE_HOP_STACK:g} | {_f(stack, 2)} "
+        f"| {_met(stack, ONE_HOP_STACK)} |"
+    )
+    return rows
+
+
 def saturation(report: dict[str, Any]) -> list[str]:
     peers = _peers(report)
     rows = ["| workload | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
@@ -87,7 +129,7 @@ def saturation(report: dict[str, Any]) -> list[str]:
 
 
 def ladder(report: dict[str, Any], workload: str) -> list[str]:
-    peers = [p for p in _peers(report) if workload in report["peers"][p]["results"]]
+    peers = [p for p in _peers(report) if (report["peers"][p]["results"].get(workload) or {}).get("ladder")]
     rows = ["| offered req/s | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
     for rate in report["workloads"][workload]["rates"]:
         cells = []
@@ -209,9 +251,24 @@ def findings(report: dict[str, Any]) -> list[str]:
         "takes seconds) and runs each step-count group on its own, in smaller batches, one after the other; "
         "step-level batching lets a new request in at the next iteration, finishes the shortest first, and keeps "
         "every network call as full as the queue allows. At low offered load requests rarely overlap and the two "
-        "behave alike.",
+        "behave alike. Against the peers on the same mix, images/s at saturation: "
+        f"{_f((r.get('genserve/plain/mixed') or {}).get('throughput'), 2)} of plain, "
+        f"{_f((r.get('genserve/triton/mixed') or {}).get('throughput'), 2)} of Triton's dynamic batcher (which "
+        "groups each batch's rows by step count and runs each group to its end, request-level batching).",
         "",
     ]
+    every = r.get("all-models/genserve") or {}
+    if every:
+        lines += [
+            "**Every shipped model at once.** The figures above serve the two models the workloads use, as the "
+            "Triton peer does. `make serve` serves every folder in `exported/`, each model a replica process of "
+            "its own; with all of them deployed (peer `all-models`) the same closed loop ran at "
+            + ", ".join(f"{_f(v, 2)} of the two-model figure for {k}" for k, v in every.items())
+            + ". An idle replica is not free on 2 cores: Ray's per-process housekeeping (metrics, health checks, "
+            "the controller's loop over every deployment) takes CPU from the busy one. A deployment that serves a "
+            "few models on a small machine should serve only those (a model directory holding just their folders).",
+            "",
+        ]
     return lines
 
 
@@ -321,6 +378,12 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         "Workloads: " + "; ".join(f"**{k}**: {w['about']}" for k, w in report["workloads"].items()) + ".",
         "",
         "## Targets",
+        "",
+        "The one-hop layout's targets (genserve's edge and model in one process behind HAProxy):",
+        "",
+        *one_hop_targets(report),
+        "",
+        "Every ratio against every peer, at the stricter bar of matching or beating it:",
         "",
         *targets(report),
         "",

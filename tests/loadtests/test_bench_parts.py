@@ -101,6 +101,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
             "reqlevel": {"about": "r", "results": {"mixed": _entry(2.0, 1.0, mixed_rates, {"10": 1.0, "200": 5.0})}},
             "empty": {"about": "e", "results": {"gan-1": _entry(100.0, 0.1, ())}},
             "plain-empty": {"about": "pe", "results": {"gan-1": _entry(1000.0, 0.1, ())}},
+            "all-models": {"about": "a", "results": {"gan-1": _entry(60.0, 0.1, ())}},
         },
     }  # fmt: skip
     r = ratios(report)
@@ -113,10 +114,19 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert r["step/request-level/mixed"]["throughput"] == pytest.approx(2.0)
     assert r["step/request-level/mixed"]["p50_10_step_lower_by"][str(mixed_rates[0])] == pytest.approx(5.0)
     assert r["diffusion_flops"]["fraction_of_peak"] == pytest.approx(20 * 20 * 250 / 1e3 / 200)
+    assert r["all-models/genserve"] == {"gan-1": pytest.approx(0.75)}
     report["ratios"] = r
     text = markdown(report)
     assert "| GAN requests/s / empty-deployment requests/s: >= 0.8 | 0.80 | met |" in text
     assert "genserve / plain, gan-1: >= 1.0 | 0.20 | **missed** |" in text
+    # The one-hop targets: gan-1 against plain at its own bar, p99 as genserve's multiple of plain's.
+    assert "| images/s at saturation, genserve / plain, gan-1: >= 0.8 | 0.20 | **missed** |" in text
+    assert (
+        "| p99 at equal offered load, genserve / plain, gan-1, every rate: <= 1.5x | 5.00x (at 25 req/s) | **missed** |"
+        in text
+    )
+    assert "| images/s at saturation, genserve / triton, mixed: >= 1 | – | not measured |" in text
+    assert "0.75 of the two-model figure for gan-1" in text
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
 
