@@ -93,6 +93,7 @@ class OnnxModel:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         slices: bool = True,
+        spin: bool = True,
     ) -> None:
         if not path.is_file():
             raise ModelLoadError(f"{path}: ONNX file not found")
@@ -108,14 +109,16 @@ class OnnxModel:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({e})") from None
         self._slices = ThreadPoolExecutor(self.ways - 1, thread_name_prefix="onnx-slice") if self.ways > 1 else None
         # A batch smaller than `ways` runs whole, on all the threads (a lone image at low load).
-        # Its pool threads sleep between calls instead of spinning: these calls come one at a
-        # time at low load, and a spinning thread takes a core from the replica's event loop
-        # (parsing the next request, encoding PNGs). Measured with GAN 1-image requests at
-        # 100/s straight to the replica: p99 20-29 ms spinning, 9-12 ms not.
+        # `spin`: whether that session's pool threads spin between calls (ONNX Runtime's default)
+        # or sleep. Spinning catches a call that follows at once (a diffusion lane's next step);
+        # for calls that come one per request (GAN, VAE) it only takes a core from the replica's
+        # event loop, which parses the next request and encodes PNGs. Measured with GAN 1-image
+        # requests at 100/s straight to the replica: p99 20-29 ms spinning, 9-12 ms not.
         self._whole = self.session
         if self.ways > 1:
             opts.intra_op_num_threads = intra_op_threads
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            if not spin:
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._whole = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.path = path
         # Why this session does not run on the provider it was asked for, or None (fixed once made).

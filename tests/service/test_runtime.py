@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from service.cards import load_card
+from service.registry import load_model
 from service.runtime import OnnxModel, fallback_note, wanted_provider
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
@@ -32,15 +33,18 @@ def test_parallel_slices_give_the_same_rows_as_one_call(batch: int) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-def test_the_session_for_lone_batches_does_not_spin() -> None:
-    """A batch smaller than the slice count runs on a multi-threaded session whose threads sleep
-    between calls, so they leave the cores to the replica's event loop at low load; the slice
-    sessions are single-threaded (no pool to spin)."""
-    sliced = OnnxModel(SHIPPED / "gan" / "model.onnx", device="cpu", intra_op_threads=2)
-    whole = sliced._whole.get_session_options()
+def test_the_session_for_lone_batches_spins_only_for_step_loops() -> None:
+    """A batch smaller than the slice count runs on a multi-threaded session. For a GAN (one call
+    per request) its threads sleep between calls, leaving the cores to the replica's event loop;
+    for diffusion (a lane's steps follow each other) they spin, ONNX Runtime's default. The slice
+    sessions are single-threaded (no pool)."""
+    gan = load_model(SHIPPED / "gan", device="cpu", intra_op_threads=2).onnx
+    whole = gan._whole.get_session_options()
     assert whole.intra_op_num_threads == 2
     assert whole.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert sliced.session.get_session_options().intra_op_num_threads == 1
+    assert gan.session.get_session_options().intra_op_num_threads == 1
+    diffusion = load_model(SHIPPED / "diffusion", device="cpu", intra_op_threads=2).onnx
+    assert not diffusion._whole.get_session_options().has_session_config_entry("session.intra_op.allow_spinning")
 
 
 def test_a_session_that_falls_back_from_the_provider_it_was_asked_for_says_why() -> None:
