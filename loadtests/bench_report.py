@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -272,29 +273,56 @@ def findings(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-BEFORE_AFTER = [
-    ("genserve/plain/gan-1", "throughput", "genserve / plain, GAN 1 image, images/s at saturation"),
-    ("genserve/triton/gan-1", "throughput", "genserve / Triton, GAN 1 image"),
-    ("genserve/plain/gan-8", "throughput", "genserve / plain, GAN 8 images"),
-    ("genserve/triton/gan-8", "throughput", "genserve / Triton, GAN 8 images"),
-    ("genserve/plain/diffusion-20", "throughput", "genserve / plain, diffusion 20 steps"),
-    ("genserve/triton/diffusion-20", "throughput", "genserve / Triton, diffusion 20 steps"),
-    ("genserve/plain/mixed", "throughput", "genserve / plain, mixed 10/20/50/200 steps"),
-    ("step/request-level/mixed", "throughput", "step-level / request-level, mixed: work throughput"),
-    ("ray-stack/plain-stack", None, "empty genserve / plain uvicorn, requests/s (stack ceiling)"),
-    ("gan-1/stack-limit", None, "genserve GAN 1 image / empty genserve, requests/s"),
+def _throughput(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda r: (r.get(key) or {}).get("throughput")
+
+
+def _p99_worst(key: str) -> Callable[[dict[str, Any]], float | None]:
+    """peer p99 / genserve p99 at the rate where genserve compares worst (> 1: genserve lower)."""
+    return lambda r: min((v for v in ((r.get(key) or {}).get("p99_lower_by") or {}).values() if v), default=None)
+
+
+def _every_model(workload: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda r: (r.get("all-models/genserve") or {}).get(workload)
+
+
+# The README's headline table: (label, ratio from a run's `ratios`); > 1: genserve better.
+HEADLINE: list[tuple[str, Callable[[dict[str, Any]], float | None]]] = [
+    ("genserve / plain FastAPI + ORT, GAN 1 image per request", _throughput("genserve/plain/gan-1")),
+    ("genserve / Triton dynamic batcher, GAN 1 image", _throughput("genserve/triton/gan-1")),
+    ("genserve / plain FastAPI + ORT, GAN 8 images per request", _throughput("genserve/plain/gan-8")),
+    ("genserve / Triton dynamic batcher, GAN 8 images", _throughput("genserve/triton/gan-8")),
+    ("genserve / plain FastAPI + ORT, diffusion 20 steps", _throughput("genserve/plain/diffusion-20")),
+    ("genserve / Triton dynamic batcher, diffusion 20 steps", _throughput("genserve/triton/diffusion-20")),
+    ("genserve / plain FastAPI + ORT, mixed 10/20/50/200 steps", _throughput("genserve/plain/mixed")),
+    ("genserve / Triton dynamic batcher, mixed 10/20/50/200 steps", _throughput("genserve/triton/mixed")),
+    ("p99 at equal offered load, plain / genserve (worst rate), GAN 1 image", _p99_worst("genserve/plain/gan-1")),
+    ("p99 at equal offered load, plain / genserve (worst rate), GAN 8 images", _p99_worst("genserve/plain/gan-8")),
+    (
+        "p99 at equal offered load, plain / genserve (worst rate), diffusion 20 steps",
+        _p99_worst("genserve/plain/diffusion-20"),
+    ),
+    ("p99 at equal offered load, plain / genserve (worst rate), mixed", _p99_worst("genserve/plain/mixed")),
+    ("step-level / request-level diffusion batching, mixed: work throughput", _throughput("step/request-level/mixed")),
+    ("empty genserve deployment / plain uvicorn, requests/s (stack ceiling)", lambda r: r.get("ray-stack/plain-stack")),
+    (
+        "genserve / batching off, diffusion 20 steps: images/s at saturation",
+        _throughput("genserve/nobatch/diffusion-20"),
+    ),
+    (
+        "diffusion FLOP/s while serving / measured matmul peak",
+        lambda r: (r.get("diffusion_flops") or {}).get("fraction_of_peak"),
+    ),
+    ("every shipped model served / the two under test, GAN 1 image", _every_model("gan-1")),
+    ("every shipped model served / the two under test, diffusion 20 steps", _every_model("diffusion-20")),
 ]
 
 
-def before_after(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
-    """The headline ratios of an earlier run beside this one's (each ratio within its own run)."""
-    lines = ["| ratio (> 1: genserve better) | before | after |", "|---|---:|---:|"]
-    for key, field, label in BEFORE_AFTER:
-        values = []
-        for rep in (before, after):
-            v = rep.get("ratios", {}).get(key)
-            values.append(v.get(field) if isinstance(v, dict) and field else v)
-        lines.append(f"| {label} | {_f(values[0], 2)} | {_f(values[1], 2)} |")
+def headline(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The README's headline ratios, an earlier run's beside this one's (each within its own run)."""
+    lines = ["| comparison | before one hop | now |", "|---|---:|---:|"]
+    for label, ratio in HEADLINE:
+        lines.append(f"| {label} | {_f(ratio(before['ratios']), 2)} | {_f(ratio(after['ratios']), 2)} |")
     return lines
 
 
@@ -395,7 +423,7 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
                 "model replica; `docs/benchmarks-before.json`). After: this run (HAProxy, then the model replica). "
                 "Each ratio is taken within its own run, so the two columns compare like with like.",
                 "",
-                *before_after(before, report),
+                *headline(before, report),
                 "",
             ]
             if before
@@ -406,6 +434,10 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         *saturation(report),
         "",
         "## Latency at equal offered load (p50 / p95 / p99, ms)",
+        "",
+        f"Each point runs {st['seconds_per_point']:g} s (the mixed workload's longer), so a p99 rests on the "
+        "requests sent in it, from a few dozen at the lowest diffusion rate (there it is about the slowest "
+        "request) to about a thousand at 100 GAN requests/s: one slow request moves it.",
         "",
         f"![latency against offered load, per peer]({LATENCY_FIGURE})",
         "",

@@ -112,8 +112,8 @@ class OnnxModel:
         # `spin`: whether that session's pool threads spin between calls (ONNX Runtime's default)
         # or sleep. Spinning catches a call that follows at once (a diffusion lane's next step);
         # for calls that come one per request (GAN, VAE) it only takes a core from the replica's
-        # event loop, which parses the next request and encodes PNGs. Measured with GAN 1-image
-        # requests at 100/s straight to the replica: p99 20-29 ms spinning, 9-12 ms not.
+        # event loop, which parses the next request and encodes PNGs (GAN 1-image requests at
+        # 100/s, sent straight to the replica, had a longer p99 with spinning threads).
         self._whole = self.session
         if self.ways > 1:
             opts.intra_op_num_threads = intra_op_threads

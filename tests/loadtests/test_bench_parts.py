@@ -5,6 +5,7 @@ answering the same route shape under the open-loop driver."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from onnx import TensorProto, helper
 
 from loadtests.bench import WORKLOADS, genserve_call, triton_call
 from loadtests.bench_ratios import ratios
-from loadtests.bench_report import LATENCY_FIGURE, markdown, plot_latency
+from loadtests.bench_report import LATENCY_FIGURE, headline, markdown, plot_latency
 from loadtests.flops import flops_per_row
 from loadtests.harness import free_port, wait_http
 from loadtests.loadgen import Outcome, open_loop, summarize
@@ -129,6 +130,16 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert "0.75 of the two-model figure for gan-1" in text
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
+
+
+def test_the_readme_benchmark_table_is_the_committed_runs() -> None:
+    """The README's headline ratios are the committed run's (`docs/benchmarks.json`) beside the
+    run before the one-hop layout, as the report writes them."""
+    before = json.loads((ROOT / "docs" / "benchmarks-before.json").read_text())
+    after = json.loads((ROOT / "docs" / "benchmarks.json").read_text())
+    table = "\n".join(headline(before, after))
+    assert table in (ROOT / "README.md").read_text()
+    assert table in (ROOT / "docs" / "benchmarks.md").read_text()
 
 
 def test_the_report_and_its_latency_figure_are_written_together(tmp_path: Path) -> None:
