@@ -12,12 +12,13 @@ scale-out and the integration tests.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,17 +55,31 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -
     results = ROOT / "loadtests" / "results"
     results.mkdir(parents=True, exist_ok=True)
     log = open(results / f"{Path(cmd[-1]).name}-{int(time.time())}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    # Its own process group, ended whole: a server's children (Triton's server and backend stubs)
+    # outlive a terminated parent and would keep its ports and some CPU through the next peers.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
     try:
         wait_http(ready_url)
         yield
     finally:
-        proc.terminate()
-        try:
+        _signal_group(proc.pid, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        time.sleep(1.0)  # children handle SIGTERM after their parent
+        _signal_group(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with suppress(ProcessLookupError):  # the whole group has exited
+        os.killpg(pgid, sig)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,6 @@ def test_replicas_land_on_gpu_nodes_and_diffusion_autoscales_on_queued_work(tmp_
     ((name, step),) = result["policies"].items()
     assert name.startswith("queued work")
     assert step["upscale_seconds"] is not None and step["peak_replicas"] >= 2, step
-    assert step["non_200"] == 0 and step["requests"] > 0
+    assert step["non_200"] == 0 and step["requests"] > 0, step
     assert step["downscale_seconds_after_load"] is not None
     assert "| time from load start to 2 running replicas |" in (tmp_path / "scale-out.md").read_text()
