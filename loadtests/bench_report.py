@@ -29,6 +29,13 @@ def _met(value: float | None, target: float) -> str:
     return "met" if value >= target else "**missed**"
 
 
+def _worst_rate(ratios: dict[str, Any], key: str) -> tuple[str, float] | None:
+    """(offered rate, peer p99 / genserve p99) at the rate where genserve compares worst, from
+    the `key` ratio's `p99_lower_by`; None where no rate has both p99s."""
+    lower_by = {k: v for k, v in ((ratios.get(key) or {}).get("p99_lower_by") or {}).items() if v}
+    return min(lower_by.items(), key=lambda kv: kv[1]) if lower_by else None
+
+
 def _peers(report: dict[str, Any]) -> list[str]:
     return [p for p in PEER_ORDER if p in report["peers"]]
 
@@ -43,7 +50,8 @@ def targets(report: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| images/s at saturation, genserve / {peer}, {workload}: >= 1.0 | {_f(t, 2)} | {_met(t, 1.0)} |"
             )
-            worst = min((v for v in value["p99_lower_by"].values() if v is not None), default=None)
+            at_worst = _worst_rate(r, key)
+            worst = at_worst[1] if at_worst else None
             rows.append(
                 f"| p99 at equal offered load, {peer} / genserve (worst rate), {workload}: >= 1.0 | {_f(worst, 2)} | {_met(worst, 1.0)} |"
             )
@@ -93,12 +101,12 @@ def one_hop_targets(report: dict[str, Any]) -> list[str]:
             f"| images/s at saturation, genserve / {peer}, {workload}: >= {want:g} | {_f(t, 2)} | {_met(t, want)} |"
         )
     for workload in report["workloads"]:
-        lower_by = (r.get(f"genserve/plain/{workload}") or {}).get("p99_lower_by") or {}
-        worse = {k: 1 / v for k, v in lower_by.items() if v}
-        worst = max(worse.values(), default=None)
-        at = max(worse, key=lambda k: worse[k]) if worse else None
-        shown = f"{worst:.2f}x (at {float(at):g} req/s)" if worst is not None and at is not None else "n/a"
-        met = "not measured" if worst is None else ("met" if worst <= ONE_HOP_P99 else "**missed**")
+        at_worst = _worst_rate(r, f"genserve/plain/{workload}")
+        shown, met = "n/a", "not measured"
+        if at_worst:
+            rate, lower_by = at_worst
+            shown = f"{1 / lower_by:.2f}x (at {float(rate):g} req/s)"
+            met = "met" if 1 / lower_by <= ONE_HOP_P99 else "**missed**"
         rows.append(
             f"| p99 at equal offered load, genserve / plain, {workload}, every rate: <= {ONE_HOP_P99:g}x | {shown} | {met} |"
         )
@@ -187,10 +195,8 @@ def _sat_value(report: dict[str, Any], peer: str, workload: str, key: str) -> fl
 
 def _worst_p99(ratios: dict[str, Any], key: str) -> str:
     """'N.NNx' where N is the worst (largest) genserve p99 / peer p99 across the offered rates."""
-    lower_by = (ratios.get(key) or {}).get("p99_lower_by") or {}
-    if not lower_by:
-        return "n/a"
-    return f"{max(1 / v for v in lower_by.values()):.2f}x"
+    at_worst = _worst_rate(ratios, key)
+    return f"{1 / at_worst[1]:.2f}x" if at_worst else "n/a"
 
 
 def findings(report: dict[str, Any]) -> list[str]:
@@ -279,7 +285,12 @@ def _throughput(key: str) -> Callable[[dict[str, Any]], float | None]:
 
 def _p99_worst(key: str) -> Callable[[dict[str, Any]], float | None]:
     """peer p99 / genserve p99 at the rate where genserve compares worst (> 1: genserve lower)."""
-    return lambda r: min((v for v in ((r.get(key) or {}).get("p99_lower_by") or {}).values() if v), default=None)
+
+    def worst(r: dict[str, Any]) -> float | None:
+        at_worst = _worst_rate(r, key)
+        return at_worst[1] if at_worst else None
+
+    return worst
 
 
 def _every_model(workload: str) -> Callable[[dict[str, Any]], float | None]:

@@ -15,6 +15,7 @@ import argparse
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def load_step(
         "load_seconds": round(load_seconds, 1),
         "requests": len(sent),
         "non_200": sum(1 for code, _ in sent if code != 200),
-        "statuses": {str(code): sum(1 for c, _ in sent if c == code) for code in sorted({c for c, _ in sent})},
+        "statuses": {str(code): n for code, n in sorted(Counter(code for code, _ in sent).items())},
         "images_per_s": round(len(latencies) * REQUEST["n"] / load_seconds, 1),
         "p50_s": round(float(np.percentile(latencies, 50)), 2) if len(latencies) else None,
         "p99_s": round(float(np.percentile(latencies, 99)), 2) if len(latencies) else None,
