@@ -49,6 +49,7 @@ def _config(args: argparse.Namespace, family: str) -> Any:
         minutes=args.minutes,
         snapshots=tuple(args.snapshots or ()),
         resume_from=Path(args.resume_from) if args.resume_from else None,
+        lr_decay=args.lr_decay or None,
         recipe=recipe,
     )
 
@@ -175,6 +176,12 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snapshots", type=int, nargs="*", help="also keep the EMA weights alone at these steps")
     p.add_argument("--resume-from", help="weights to start from when checkpoints/<run> does not exist yet")
     p.add_argument("--ema-decay", type=float, help="EMA decay of the weights (diffusion, distilled)")
+    p.add_argument(
+        "--lr-decay",
+        action="store_true",
+        help="denoisers: cosine decay of the learning rate to zero at --steps, counted from where this run's"
+        " optimiser starts (a fine-tune of committed weights: --resume-from W --steps MORE --lr-decay)",
+    )
     p.add_argument("--weights-out", help="at the end, also write the weights alone (the committable form) here")
 
 

@@ -148,7 +148,7 @@ def distill(cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_si
         pred = x0_hat(out, x, a_t, s_t, recipe.prediction)
         snr = (a_t / s_t).pow(2).view(-1)
         loss = (snr.clamp(min=1.0) * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
-        denoiser_update(opt, student, ema, loss, cfg.lr, trainer.step, recipe.ema_decay)
+        denoiser_update(opt, student, ema, loss, trainer.lr(), trainer.step, recipe.ema_decay)
         return _logs(cfg, trainer, loss=loss)
 
     refill()

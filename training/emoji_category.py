@@ -47,7 +47,7 @@ def train_emoji_category(cfg: TrainConfig, split: EmojiSplit | None = None) -> T
 
     def step(x0: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         loss = diffusion_loss(model, RECIPE, abar, x0, labels, gen, NULL_LABEL)
-        denoiser_update(opt, model, ema, loss, cfg.lr, trainer.step, RECIPE.ema_decay)
+        denoiser_update(opt, model, ema, loss, trainer.lr(), trainer.step, RECIPE.ema_decay)
         return {"loss": float(loss.detach())}
 
     trainer.run(step, x, y)

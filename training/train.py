@@ -9,6 +9,7 @@ Loops run on the CPU or, with `device="cuda"`, on a GPU; `minutes` bounds a run'
 from __future__ import annotations
 
 import copy
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -71,6 +72,7 @@ class TrainConfig:
     minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     snapshots: tuple[int, ...] = ()  # also keep the EMA weights alone at these steps
     resume_from: Path | None = None
+    lr_decay: bool = False  # cosine decay of the learning rate to zero at `steps` (denoisers)
     recipe: DiffusionRecipe = field(default_factory=DiffusionRecipe)
 
     @property
@@ -96,6 +98,7 @@ class Trainer:
         self.optims = optims
         self.weights = weights  # the module a snapshot keeps (the EMA), if any
         self.step = 0
+        self.opt_start = 0  # the step the optimiser moments started from (warm-up and decay count from it)
         self.path = cfg.checkpoint_dir / f"{cfg.name}.safetensors"
         self.extra_meta: dict[str, Any] = {}  # e.g. a distilled student's teacher
 
@@ -103,6 +106,7 @@ class Trainer:
         return {
             "family": self.cfg.family,
             "step": self.step,
+            "opt_start": self.opt_start,
             "config": {k: str(v) for k, v in vars(self.cfg).items() if k != "recipe"},
             "recipe": vars(self.cfg.recipe) if self.cfg.family in ("diffusion", "distilled") else {},
             **self.extra_meta,
@@ -122,7 +126,19 @@ class Trainer:
             return
         meta = checkpoint.restore(source, self.modules, self.optims)
         self.step = int(meta["step"])
+        # Weights without optimiser state (a committed file) start fresh Adam moments: warm up again.
+        restored = all(opt.state for opt in self.optims.values())
+        self.opt_start = int(meta.get("opt_start", 0)) if restored else self.step
         print(f"{self.cfg.name}: resumed at step {self.step} from {source}")
+
+    def lr(self, warmup: int = 200) -> float:
+        """The learning rate of this step: linear warm-up from the optimiser's start, then constant,
+        or with `cfg.lr_decay` a cosine decay to zero at `cfg.steps`."""
+        done = self.step - self.opt_start
+        scale = min(1.0, (done + 1) / warmup)
+        if self.cfg.lr_decay:
+            scale *= 0.5 * (1 + math.cos(math.pi * min(1.0, done / max(1, self.cfg.steps - self.opt_start))))
+        return self.cfg.lr * scale
 
     def run(self, step_fn: StepFn, x: torch.Tensor, y: torch.Tensor) -> None:
         """Runs `step_fn` on random batches until `cfg.steps`, checkpointing on the way.
@@ -223,10 +239,9 @@ def denoiser_update(
     step: int,
     ema_decay: float,
 ) -> None:
-    """One optimiser step of a diffusion network or student: 200-step LR warm-up, clip at 1, EMA."""
-    warm = min(1.0, (step + 1) / 200)
+    """One optimiser step of a diffusion network or student at learning rate `lr` (`Trainer.lr`): clip at 1, EMA."""
     for group in opt.param_groups:
-        group["lr"] = lr * warm
+        group["lr"] = lr
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +285,7 @@ def train_diffusion(cfg: TrainConfig) -> Trainer:
 
     def step(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
         loss = diffusion_loss(model, recipe, abar, x0, y, gen)
-        denoiser_update(opt, model, ema, loss, cfg.lr, trainer.step, recipe.ema_decay)
+        denoiser_update(opt, model, ema, loss, trainer.lr(), trainer.step, recipe.ema_decay)
         return _logs(cfg, trainer, loss=loss)
 
     trainer.run(step, *_data())

@@ -89,3 +89,26 @@ def test_checkpoint_round_trip_keeps_weights_and_optimiser_state(tmp_path: Path)
     opt3 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=5.0)
     checkpoint.restore(tmp_path / "w.safetensors", {"net": torch.nn.Linear(3, 2)}, {"opt": opt3})
     assert opt3.state_dict()["state"] == {}
+
+
+def test_a_fine_tune_of_weights_alone_warms_up_again_and_decays_to_zero(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    first = TRAINERS["diffusion"](default_config("diffusion", steps=4, batch_size=8, checkpoint_dir=tmp_path / "a"))
+    first.save_weights(weights)  # the committed form: weights, no optimiser state
+    # A checkpoint with its optimiser state keeps counting from step 0: past warm-up at step 300.
+    first.step = 300
+    assert first.opt_start == 0 and first.lr() == first.cfg.lr
+    cfg = default_config(
+        "diffusion", steps=8, batch_size=8, lr=1e-3, checkpoint_dir=tmp_path / "b", resume_from=weights, lr_decay=True
+    )
+    tuned = TRAINERS["diffusion"](cfg)
+    assert tuned.step == 8 and tuned.opt_start == 4  # fresh Adam moments from step 4
+    assert checkpoint.read_meta(tmp_path / "b" / "diffusion.safetensors")["opt_start"] == 4
+    rates = []
+    for step in (4, 5, 6, 8):
+        tuned.step = step
+        rates.append(tuned.lr())
+    warm = [cfg.lr * (k + 1) / 200 for k in (0, 1, 2)]
+    decay = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (0, 1, 2)]
+    assert rates[:3] == pytest.approx([w * d for w, d in zip(warm, decay, strict=True)])
+    assert rates[3] == 0.0
