@@ -72,9 +72,20 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -
         _signal_group(proc.pid, signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        time.sleep(1.0)  # children handle SIGTERM after their parent
+        # Children handle SIGTERM after their parent: a second for the rest of the group, then SIGKILL.
+        deadline = time.monotonic() + 1.0
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         _signal_group(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:
