@@ -18,7 +18,7 @@ import torch
 from training import checkpoint, nets
 from training.data import N_HELDOUT, N_TRAIN
 from training.distill import STUDENT_STEPS, TEACHER_STEPS
-from training.train import CHECKPOINT_DIR, DiffusionRecipe, load_unet
+from training.train import CHECKPOINT_DIR, DiffusionRecipe, lineage, load_unet
 
 OPSET = 17
 PARITY_ATOL = 1e-4
@@ -295,15 +295,40 @@ def export_distilled(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
 
 
 def _provenance(meta: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
-    """The card's provenance from the checkpoint's own record of its last run."""
-    cfg = meta["config"]
-    note = f" {meta['note']}." if "note" in meta else ""
+    """The card's provenance from the checkpoint's own record: every run its weights went through
+    (`history`, oldest first), then its last one."""
+    runs = lineage(meta, path)
+    notes = "".join(f" {run['note']}." for run in runs if "note" in run)
     return {
-        "command": f"scripts/train_gpu.sh (the `{cfg['run']}` run; its last run: device {cfg['device']}, batch "
-        f"{cfg['batch_size']}, lr {cfg['lr']}, {cfg['minutes']} min) && genserve export {name} && genserve eval {name}",
+        "command": " && ".join(_run_command(run) for run in runs)
+        + f" && genserve export {name} && genserve eval {name}",
         "notes": f"Weights: {path} (safetensors, EMA and raw weights; resume with "
-        f"--resume-from). Runs are bounded by wall time; the checkpoint records the steps reached.{note}",
+        f"--resume-from). Runs are bounded by wall time; the checkpoint records the steps reached.{notes}",
     }
+
+
+def _run_command(run: dict[str, Any]) -> str:
+    """One run as the command that made it: the GPU script's runs by name, local runs as typed."""
+    cfg = run["config"]
+    if cfg["device"] == "cuda":
+        return (
+            f"scripts/train_gpu.sh (the `{cfg['run']}` run; its last run: device {cfg['device']}, batch "
+            f"{cfg['batch_size']}, lr {cfg['lr']}, {cfg['minutes']} min)"
+        )
+    verb = "distill" if cfg["family"] == "distilled" else f"train {cfg['family']}"
+    options = [
+        f"--run {cfg['run']}",
+        f"--steps {cfg['steps']}",
+        f"--batch-size {cfg['batch_size']}",
+        f"--lr {cfg['lr']}",
+    ]
+    if cfg.get("lr_decay") == "True":
+        options.append("--lr-decay")
+    if cfg.get("minutes", "None") != "None":
+        options.append(f"--minutes {cfg['minutes']}")
+    if cfg.get("resume_from", "None") != "None":
+        options.append(f"--resume-from {cfg['resume_from']}")
+    return f"genserve {verb} {' '.join(options)} (reached step {run['step']})"
 
 
 def export_classifier(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:

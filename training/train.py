@@ -99,6 +99,7 @@ class Trainer:
         self.weights = weights  # the module a snapshot keeps (the EMA), if any
         self.step = 0
         self.opt_start = 0  # the step the optimiser moments started from (warm-up and decay count from it)
+        self.history: list[dict[str, Any]] = []  # the runs these weights went through before this one
         self.path = cfg.checkpoint_dir / f"{cfg.name}.safetensors"
         self.extra_meta: dict[str, Any] = {}  # e.g. a distilled student's teacher
 
@@ -107,6 +108,7 @@ class Trainer:
             "family": self.cfg.family,
             "step": self.step,
             "opt_start": self.opt_start,
+            "history": self.history,
             "config": {k: str(v) for k, v in vars(self.cfg).items() if k != "recipe"},
             "recipe": vars(self.cfg.recipe) if self.cfg.family in ("diffusion", "distilled") else {},
             **self.extra_meta,
@@ -129,6 +131,8 @@ class Trainer:
         # Weights without optimiser state (a committed file) start fresh Adam moments: warm up again.
         restored = all(opt.state for opt in self.optims.values())
         self.opt_start = int(meta.get("opt_start", 0)) if restored else self.step
+        # Every earlier invocation, this run's own (an interrupted run resumed) or other weights'.
+        self.history = lineage(meta, source)
         print(f"{self.cfg.name}: resumed at step {self.step} from {source}")
 
     def lr(self, warmup: int = 200) -> float:
@@ -171,6 +175,31 @@ class Trainer:
             bar.close()
             signal.signal(signal.SIGTERM, previous)
         print(f"{self.cfg.name}: {self.step} steps, {time.time() - t0:.0f}s this run, checkpoint {self.path}")
+
+
+def _run_record(meta: dict[str, Any]) -> dict[str, Any]:
+    """One run in a checkpoint's history: the steps it reached and its configuration."""
+    return {"step": meta["step"], "config": meta["config"], **({"note": meta["note"]} if "note" in meta else {})}
+
+
+def lineage(meta: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """Every run that made the checkpoint `meta` (read from `path`), oldest first, its last one
+    included; a run that trained no steps (one that only wrote the weights out) is left out."""
+    runs: list[dict[str, Any]] = []
+    before = meta["history"] if "history" in meta else _lineage_from_config(meta, path)
+    for run in [*before, _run_record(meta)]:
+        if not runs or run["step"] != runs[-1]["step"]:
+            runs.append(run)
+    return runs
+
+
+def _lineage_from_config(meta: dict[str, Any], own: Path) -> list[dict[str, Any]]:
+    """The history of a checkpoint written before checkpoints kept one: the file its run was
+    resumed from, read now (right while that file is still the one the run started from)."""
+    source = meta["config"].get("resume_from", "None")
+    if source == "None" or not Path(source).exists() or Path(source).resolve() == own.resolve():
+        return []
+    return lineage(checkpoint.read_meta(Path(source)), Path(source))
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

@@ -53,6 +53,35 @@ def test_exported_folders_load_as_served_models(trained_checkpoints: Path, tmp_p
     assert model.card.image_shape == (1, 28, 28)
 
 
+def test_a_fine_tuned_diffusion_card_names_every_run_its_weights_went_through(
+    trained_checkpoints: Path, tmp_path: Path
+) -> None:
+    # The 2-step run's weights, committed (no optimiser state), then fine-tuned on to step 4.
+    first = TRAINERS["diffusion"](
+        default_config("diffusion", steps=2, batch_size=8, checkpoint_dir=trained_checkpoints)
+    )
+    weights = tmp_path / "first.safetensors"
+    first.save_weights(weights)
+    tuned_dir = tmp_path / "ckpt"
+    cfg = default_config(
+        "diffusion", steps=4, batch_size=8, lr=1e-4, checkpoint_dir=tuned_dir, resume_from=weights, lr_decay=True
+    )
+    TRAINERS["diffusion"](cfg)
+    # Resumed again from its own checkpoint, then once more only to write its weights out.
+    again = TRAINERS["diffusion"](default_config("diffusion", steps=5, batch_size=8, checkpoint_dir=tuned_dir))
+    assert [run["step"] for run in again.history] == [2, 4]
+    TRAINERS["diffusion"](default_config("diffusion", steps=5, batch_size=8, checkpoint_dir=tuned_dir))
+    export.EXPORTERS["diffusion"](tmp_path / "out", tuned_dir)
+    provenance = load_card(tmp_path / "out" / "diffusion").provenance
+    assert provenance.training_steps == 5
+    assert provenance.command.startswith("genserve train diffusion --run None --steps 2 --batch-size 8 --lr 0.0006")
+    assert (
+        f"--steps 4 --batch-size 8 --lr 0.0001 --lr-decay --resume-from {weights} (reached step 4)"
+        in provenance.command
+    )
+    assert provenance.command.endswith("(reached step 5) && genserve export diffusion && genserve eval diffusion")
+
+
 def test_classifier_export_has_logits_and_features(trained_checkpoints: Path, tmp_path: Path) -> None:
     export.export_classifier(tmp_path, trained_checkpoints)
     from service.runtime import OnnxModel
