@@ -415,12 +415,21 @@ def run_eval(
             write_reports(model_dir / name)
     report.parent.mkdir(parents=True, exist_ok=True)
     if not standard:
-        measured = {"n": n, "floor": floor_q.as_dict()} | {
-            m: {k: q.as_dict() for k, q in r.items()} for m, r in all_results.items()
-        }
+        fresh = {m: {k: q.as_dict() for k, q in r.items()} for m, r in all_results.items()}
+        measured = {"n": n, "floor": floor_q.as_dict()} | _other_n_rows(report.with_suffix(".json"), n, fresh)
         report.with_suffix(".json").write_text(json.dumps(measured, indent=2) + "\n")
         return write_other_n_report(report, measured)
     return write_report(model_dir, report, features, bootstrap)
+
+
+def _other_n_rows(previous: Path, n: int, fresh: dict[str, Any]) -> dict[str, Any]:
+    """This run's models' rows, in place of their earlier ones, with the rows of the models it did
+    not measure kept from the earlier report at the same N (re-measuring one model leaves the rest)."""
+    before = json.loads(previous.read_text()) if previous.exists() else {}
+    if before.get("n") != n:
+        return fresh
+    kept = {m: fresh.get(m, rows) for m, rows in before.items() if m not in ("n", "floor")}
+    return kept | fresh
 
 
 def write_other_n_report(report: Path, measured: dict[str, Any]) -> str:

@@ -148,3 +148,11 @@ def test_eval_writes_the_standard_measurement_to_cards_and_another_n_to_its_own_
     other = json.loads((tmp_path / "docs" / "quality-n200.json").read_text())
     assert other["n"] == 200 and other["gan"]["default"]["n"] == 200 and other["floor"]["n"] == 200
     assert "| gan | default | 200 |" in (tmp_path / "docs" / "quality-n200.md").read_text()
+    # Measuring another model at that N later keeps the gan's rows; a different N starts afresh.
+    export.EXPORTERS["vae"](tmp_path, trained_checkpoints)
+    run_eval(tmp_path, ["vae"], 1, ["default"], tmp_path / "docs" / "quality-n200.md", n=200, bootstrap=0)
+    both = json.loads((tmp_path / "docs" / "quality-n200.json").read_text())
+    assert both["gan"] == other["gan"] and both["vae"]["default"]["n"] == 200
+    assert "| gan | default | 200 |" in (tmp_path / "docs" / "quality-n200.md").read_text()
+    run_eval(tmp_path, ["vae"], 1, ["default"], tmp_path / "docs" / "quality-n200.md", n=100, bootstrap=0)
+    assert set(json.loads((tmp_path / "docs" / "quality-n200.json").read_text())) == {"n", "floor", "vae"}
