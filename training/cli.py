@@ -50,6 +50,7 @@ def _config(args: argparse.Namespace, family: str) -> Any:
         snapshots=tuple(args.snapshots or ()),
         resume_from=Path(args.resume_from) if args.resume_from else None,
         lr_decay=args.lr_decay or None,
+        label_dropout=getattr(args, "label_dropout", None),
         recipe=recipe,
     )
 
@@ -195,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=("linear", "cosine"), help="diffusion: the noise schedule")
     p.add_argument("--min-snr", type=float, help="diffusion: Min-SNR-gamma loss weighting (e.g. 5)")
     p.add_argument("--arch", choices=("small", "base"), help="diffusion: UNet shape (training.nets.UNET_ARCHS)")
+    p.add_argument(
+        "--label-dropout",
+        type=float,
+        help="diffusion: share of labels replaced by the null label, which trains the unconditional mode and"
+        " classifier-free guidance (default 0.1)",
+    )
     p.set_defaults(func=_train)
     p = sub.add_parser("distill", help="distil a diffusion checkpoint into a 1/2/4-call student (training.distill)")
     p.add_argument("--teacher", required=True, help="diffusion checkpoint (.safetensors) whose EMA weights teach")

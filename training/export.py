@@ -324,6 +324,8 @@ def _run_command(run: dict[str, Any]) -> str:
     ]
     if cfg.get("lr_decay") == "True":
         options.append("--lr-decay")
+    if cfg.get("label_dropout", "0.1") != "0.1":
+        options.append(f"--label-dropout {cfg['label_dropout']}")
     if cfg.get("minutes", "None") != "None":
         options.append(f"--minutes {cfg['minutes']}")
     if cfg.get("resume_from", "None") != "None":

@@ -73,6 +73,7 @@ class TrainConfig:
     snapshots: tuple[int, ...] = ()  # also keep the EMA weights alone at these steps
     resume_from: Path | None = None
     lr_decay: bool = False  # cosine decay of the learning rate to zero at `steps` (denoisers)
+    label_dropout: float = 0.1  # share of labels replaced by the null label (CFG and unconditional sampling)
     recipe: DiffusionRecipe = field(default_factory=DiffusionRecipe)
 
     @property
@@ -241,14 +242,16 @@ def diffusion_loss(
     y: torch.Tensor,
     gen: torch.Generator,
     null_label: int = nets.NULL_LABEL,
+    label_dropout: float = 0.1,
 ) -> torch.Tensor:
-    """The denoising loss at uniformly drawn t: epsilon or v target, optionally Min-SNR weighted."""
+    """The denoising loss at uniformly drawn t: epsilon or v target, optionally Min-SNR weighted; a share
+    `label_dropout` of the labels is replaced by the null label, which trains the unconditional mode."""
     t = torch.randint(0, len(abar), (len(x0),), generator=gen, device=x0.device)
     eps = torch.randn(x0.shape, generator=gen, device=x0.device)
     a = abar[t].view(-1, 1, 1, 1)
     alpha, sigma = a.sqrt(), (1 - a).sqrt()
     xt = alpha * x0 + sigma * eps
-    out = model(xt, t, _drop_labels(y, 0.1, gen, null_label))
+    out = model(xt, t, _drop_labels(y, label_dropout, gen, null_label))
     target = eps if recipe.prediction == "epsilon" else alpha * eps - sigma * x0
     per_image = (out - target).pow(2).mean(dim=(1, 2, 3))
     if recipe.min_snr is not None:
@@ -303,7 +306,8 @@ def make_unet(recipe: DiffusionRecipe, max_steps: int = 0) -> nets.UNet:
 
 
 def train_diffusion(cfg: TrainConfig) -> Trainer:
-    """DDPM objective with the recipe's target, schedule and weighting; 10% label dropout, EMA weights."""
+    """DDPM objective with the recipe's target, schedule and weighting; `cfg.label_dropout` of labels
+    dropped to the null label (10% by default), EMA weights."""
     torch.manual_seed(cfg.seed)
     cfg.recipe = recipe = _saved_recipe(cfg) or cfg.recipe
     model = make_unet(recipe)
@@ -313,7 +317,7 @@ def train_diffusion(cfg: TrainConfig) -> Trainer:
     abar = recipe.alphas_cumprod().to(cfg.device)
 
     def step(x0: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> dict[str, float]:
-        loss = diffusion_loss(model, recipe, abar, x0, y, gen)
+        loss = diffusion_loss(model, recipe, abar, x0, y, gen, label_dropout=cfg.label_dropout)
         denoiser_update(opt, model, ema, loss, trainer.lr(), trainer.step, recipe.ema_decay)
         return _logs(cfg, trainer, loss=loss)
 

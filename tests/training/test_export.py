@@ -64,7 +64,14 @@ def test_a_fine_tuned_diffusion_card_names_every_run_its_weights_went_through(
     first.save_weights(weights)
     tuned_dir = tmp_path / "ckpt"
     cfg = default_config(
-        "diffusion", steps=4, batch_size=8, lr=1e-4, checkpoint_dir=tuned_dir, resume_from=weights, lr_decay=True
+        "diffusion",
+        steps=4,
+        batch_size=8,
+        lr=1e-4,
+        checkpoint_dir=tuned_dir,
+        resume_from=weights,
+        lr_decay=True,
+        label_dropout=0.3,
     )
     TRAINERS["diffusion"](cfg)
     # Resumed again from its own checkpoint, then once more only to write its weights out.
@@ -76,7 +83,7 @@ def test_a_fine_tuned_diffusion_card_names_every_run_its_weights_went_through(
     assert provenance.training_steps == 5
     assert provenance.command.startswith("genserve train diffusion --run None --steps 2 --batch-size 8 --lr 0.0006")
     assert (
-        f"--steps 4 --batch-size 8 --lr 0.0001 --lr-decay --resume-from {weights} (reached step 4)"
+        f"--steps 4 --batch-size 8 --lr 0.0001 --lr-decay --label-dropout 0.3 --resume-from {weights} (reached step 4)"
         in provenance.command
     )
     assert provenance.command.endswith("(reached step 5) && genserve export diffusion && genserve eval diffusion")

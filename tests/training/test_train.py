@@ -112,3 +112,32 @@ def test_a_fine_tune_of_weights_alone_warms_up_again_and_decays_to_zero(tmp_path
     decay = [0.5 * (1 + math.cos(math.pi * k / 4)) for k in (0, 1, 2)]
     assert rates[:3] == pytest.approx([w * d for w, d in zip(warm, decay, strict=True)])
     assert rates[3] == 0.0
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 1.0])
+def test_diffusion_loss_drops_the_share_of_labels_it_is_given(share: float) -> None:
+    """`--label-dropout`: the network sees the null label for about that share of the batch."""
+    from training import nets
+    from training.train import diffusion_loss
+
+    seen: list[torch.Tensor] = []
+
+    def net(xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        seen.append(y)
+        return torch.zeros_like(xt)
+
+    recipe = DiffusionRecipe()
+    y = torch.arange(4000) % 10
+    loss = diffusion_loss(
+        net,  # type: ignore[arg-type]
+        recipe,
+        recipe.alphas_cumprod(),
+        torch.zeros(4000, 1, 2, 2),
+        y,
+        torch.Generator().manual_seed(0),
+        label_dropout=share,
+    )
+    assert torch.isfinite(loss)
+    dropped = seen[0] == nets.NULL_LABEL
+    assert abs(dropped.float().mean().item() - share) < 0.03
+    assert torch.equal(seen[0][~dropped], y[~dropped])
