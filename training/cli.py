@@ -16,6 +16,10 @@ def _config(args: argparse.Namespace, family: str) -> Any:
 
     from training.train import DiffusionRecipe, default_config
 
+    arch = getattr(args, "arch", None)
+    allowed = ("small", "res") if family == "vae" else ("small", "base")
+    if arch is not None and arch not in allowed:
+        sys.exit(f"--arch {arch}: {family} takes {' or '.join(allowed)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
@@ -32,7 +36,7 @@ def _config(args: argparse.Namespace, family: str) -> Any:
                 "prediction": getattr(args, "prediction", None),
                 "schedule": getattr(args, "schedule", None),
                 "min_snr": getattr(args, "min_snr", None),
-                "arch": getattr(args, "arch", None),
+                "arch": getattr(args, "arch", None) if family != "vae" else None,
                 "ema_decay": args.ema_decay,
             }.items()
             if v is not None
@@ -51,6 +55,7 @@ def _config(args: argparse.Namespace, family: str) -> Any:
         resume_from=Path(args.resume_from) if args.resume_from else None,
         lr_decay=args.lr_decay or None,
         label_dropout=getattr(args, "label_dropout", None),
+        vae_arch=getattr(args, "arch", None) if family == "vae" else None,
         recipe=recipe,
     )
 
@@ -195,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", choices=("epsilon", "v_prediction"), help="diffusion: the network's target")
     p.add_argument("--schedule", choices=("linear", "cosine"), help="diffusion: the noise schedule")
     p.add_argument("--min-snr", type=float, help="diffusion: Min-SNR-gamma loss weighting (e.g. 5)")
-    p.add_argument("--arch", choices=("small", "base"), help="diffusion: UNet shape (training.nets.UNET_ARCHS)")
+    p.add_argument(
+        "--arch",
+        choices=("small", "base", "res"),
+        help="diffusion: UNet shape, small or base (training.nets.UNET_ARCHS); vae: small or res (VAE_ARCHS)",
+    )
     p.add_argument(
         "--label-dropout",
         type=float,

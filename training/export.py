@@ -98,7 +98,9 @@ def _checked_export(
     return err
 
 
-def _card(name: str, family: str, description: str, steps: int, **extra: Any) -> dict[str, Any]:
+def _card(
+    name: str, family: str, description: str, steps: int, train_options: str = "", **extra: Any
+) -> dict[str, Any]:
     card: dict[str, Any] = {
         "name": name,
         "family": family,
@@ -109,7 +111,8 @@ def _card(name: str, family: str, description: str, steps: int, **extra: Any) ->
         "provenance": {
             "data": DATA,
             "training_steps": steps,
-            "command": f"genserve train {family} --steps {steps} && genserve export {family} && genserve eval {name}",
+            "command": f"genserve train {family}{train_options} --steps {steps} && genserve export {family}"
+            f" && genserve eval {name}",
         },
         "quality": {},
     }
@@ -201,7 +204,8 @@ def expose_decoder_logits(path: Path, tensor: str, name: str = "logits") -> None
 
 def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     modules, steps = _load("vae", checkpoint_dir)
-    vae = nets.Vae()
+    arch = checkpoint.read_meta(checkpoint_path("vae", checkpoint_dir))["config"].get("vae_arch", "small")
+    vae = nets.Vae(**nets.VAE_ARCHS[arch])
     vae.load_state_dict(modules["vae"])
     folder = out / "vae"
     err = _checked_export(
@@ -222,6 +226,7 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
         "vae",
         "Conditional convolutional VAE (Bernoulli likelihood); the decoder generates, the encoder scores.",
         steps,
+        train_options="" if arch == "small" else f" --arch {arch}",
         latent_dim=vae.decoder.z_dim,
         onnx={"file": "model.onnx", "inputs": {"latent": "z", "label": "label"}, "output": "image"},
         encoder={"file": "encoder.onnx", "inputs": {"sample": "image", "label": "label"}, "output": "mu"},

@@ -62,15 +62,37 @@ class GanDiscriminator(nn.Module):
 
 
 # ---------------------------------------------------------------- VAE
+class ConvRes(nn.Module):
+    """x + conv(silu(conv(silu(x)))): a residual 3x3 block that keeps the channels and size."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+# VAE shapes by name (`genserve train vae --arch`): "small" is the first shipped VAE; "res" adds
+# a residual block at both resolutions of the encoder and of the decoder.
+VAE_ARCHS: dict[str, dict[str, int]] = {
+    "small": {"ch": 32, "blocks": 0},
+    "res": {"ch": 32, "blocks": 1},
+}
+
+
 class VaeEncoder(nn.Module):
     """(image, label) -> (mu, logvar) of q(z | x, y)."""
 
-    def __init__(self, z_dim: int = 16, ch: int = 32) -> None:
+    def __init__(self, z_dim: int = 16, ch: int = 32, blocks: int = 0) -> None:
         super().__init__()
         self.embed = nn.Embedding(N_LABELS + 1, 28 * 28)
         self.body = nn.Sequential(
             nn.Conv2d(2, ch, 4, 2, 1), nn.SiLU(),
+            *[ConvRes(ch) for _ in range(blocks)],
             nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.SiLU(),
+            *[ConvRes(2 * ch) for _ in range(blocks)],
             nn.Flatten(), nn.Linear(2 * ch * 7 * 7, 256), nn.SiLU(),
         )  # fmt: skip
         self.mu = nn.Linear(256, z_dim)
@@ -85,14 +107,16 @@ class VaeEncoder(nn.Module):
 class VaeDecoder(nn.Module):
     """(z, label) -> image in [-1, 1] (the logits of Bernoulli pixels, mapped to the range)."""
 
-    def __init__(self, z_dim: int = 16, ch: int = 32) -> None:
+    def __init__(self, z_dim: int = 16, ch: int = 32, blocks: int = 0) -> None:
         super().__init__()
         self.z_dim = z_dim
         self.ch = ch
         self.embed = nn.Embedding(N_LABELS + 1, z_dim)
         self.fc = nn.Sequential(nn.Linear(2 * z_dim, 256), nn.SiLU(), nn.Linear(256, 2 * ch * 7 * 7), nn.SiLU())
         self.body = nn.Sequential(
+            *[ConvRes(2 * ch) for _ in range(blocks)],
             nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.SiLU(),
+            *[ConvRes(ch) for _ in range(blocks)],
             nn.ConvTranspose2d(ch, 1, 4, 2, 1),
         )  # fmt: skip
 
@@ -107,10 +131,10 @@ class VaeDecoder(nn.Module):
 class Vae(nn.Module):
     """Encoder and decoder trained together; exported separately."""
 
-    def __init__(self, z_dim: int = 16) -> None:
+    def __init__(self, z_dim: int = 16, ch: int = 32, blocks: int = 0) -> None:
         super().__init__()
-        self.encoder = VaeEncoder(z_dim)
-        self.decoder = VaeDecoder(z_dim)
+        self.encoder = VaeEncoder(z_dim, ch, blocks)
+        self.decoder = VaeDecoder(z_dim, ch, blocks)
 
 
 # ---------------------------------------------------------------- diffusion UNet

@@ -74,6 +74,7 @@ class TrainConfig:
     resume_from: Path | None = None
     lr_decay: bool = False  # cosine decay of the learning rate to zero at `steps` (denoisers)
     label_dropout: float = 0.1  # share of labels replaced by the null label (CFG and unconditional sampling)
+    vae_arch: str = "small"  # the VAE's shape, a key of nets.VAE_ARCHS
     recipe: DiffusionRecipe = field(default_factory=DiffusionRecipe)
 
     @property
@@ -354,9 +355,12 @@ def train_gan(cfg: TrainConfig) -> Trainer:
 
 
 def train_vae(cfg: TrainConfig) -> Trainer:
-    """Conditional VAE: Bernoulli pixel likelihood plus KL, 10% of labels dropped to null."""
+    """Conditional VAE of shape `cfg.vae_arch`: Bernoulli pixel likelihood plus KL, 10% of labels dropped to null."""
     torch.manual_seed(cfg.seed)
-    vae = nets.Vae()
+    saved = cfg.checkpoint_dir / f"{cfg.name}.safetensors"
+    if saved.exists():  # a resumed run keeps the shape it started with
+        cfg.vae_arch = checkpoint.read_meta(saved)["config"].get("vae_arch", "small")
+    vae = nets.Vae(**nets.VAE_ARCHS[cfg.vae_arch])
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     trainer = Trainer(cfg, {"vae": vae}, {"opt": opt}, weights="vae")
 

@@ -89,6 +89,29 @@ def test_a_fine_tuned_diffusion_card_names_every_run_its_weights_went_through(
     assert provenance.command.endswith("(reached step 5) && genserve export diffusion && genserve eval diffusion")
 
 
+def test_a_vae_of_another_shape_resumes_exports_and_names_its_shape(tmp_path: Path) -> None:
+    """`genserve train vae --arch res`: the shape is kept by the checkpoint, so a resumed run and the
+    export build the same network, and the card's command says how to train it again."""
+    ckpt = tmp_path / "ckpt"
+    TRAINERS["vae"](default_config("vae", steps=2, batch_size=8, checkpoint_dir=ckpt, vae_arch="res"))
+    resumed = TRAINERS["vae"](default_config("vae", steps=3, batch_size=8, checkpoint_dir=ckpt))
+    assert resumed.step == 3 and resumed.cfg.vae_arch == "res"
+    assert any(isinstance(m, nets.ConvRes) for m in resumed.modules["vae"].modules())
+    assert export.EXPORTERS["vae"](tmp_path, ckpt) < export.PARITY_ATOL
+    card = load_card(tmp_path / "vae")
+    assert card.provenance.command.startswith("genserve train vae --arch res --steps 3 && genserve export vae")
+    assert load_model(tmp_path / "vae", device="cpu").card.latent_dim == 16
+
+
+@pytest.mark.parametrize(("family", "arch"), [("vae", "base"), ("diffusion", "res")])
+def test_the_command_line_refuses_a_shape_the_family_does_not_have(family: str, arch: str) -> None:
+    from training.cli import build_parser
+
+    args = build_parser().parse_args(["train", family, "--arch", arch, "--steps", "1"])
+    with pytest.raises(SystemExit, match=f"--arch {arch}: {family} takes"):
+        args.func(args)
+
+
 def test_classifier_export_has_logits_and_features(trained_checkpoints: Path, tmp_path: Path) -> None:
     export.export_classifier(tmp_path, trained_checkpoints)
     from service.runtime import OnnxModel
