@@ -8,9 +8,9 @@ finished lanes. New requests join at the next iteration, so a 10-step request ne
 over gains priority with every iteration it waits (no starvation).
 
 Admission: a request is refused at once (Overloaded, with a Retry-After) when the queue holds
-`max_queued_lanes` images, or when the work already queued plus its own, at the rows per
-second the replica has been doing, would not drain before the finish promised to every queued
-request (a share `ADMISSION_MARGIN` of each one's deadline): under overload a client gets a fast
+`max_queued_lanes` images, or when the work already queued plus its own, at the iteration
+times the replica has measured for such batches (`service.pace`), would not drain before the
+finish promised to every queued request (a share `ADMISSION_MARGIN` of each one's deadline): under overload a client gets a fast
 503 instead of a late 504. A large request on a quiet replica is promised its own work time
 (with an allowance for the pace estimate). A request that even alone would come too close to
 its deadline gets a definitive 422 (TooCostly) naming its cost and what the replica takes.
@@ -32,6 +32,7 @@ from service.denoisers import Denoiser, LabelDenoiser
 from service.errors import DeadlineExceeded, GenserveError, InvalidRequest, Overloaded, TooCostly
 from service.jobs import DiffusionJob
 from service.noise import image_rng
+from service.pace import StepPace
 from service.registry import LoadedModel
 from service.samplers import SamplerPlan, x0_from_output
 from service.stats import RequestStats, StepStats
@@ -141,7 +142,7 @@ class StepScheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"steps-{model.name}")
-        self._rows_per_s: float | None = None  # moving average of network rows per second
+        self.pace = StepPace()  # iteration time by batch size, as measured
 
     @property
     def queued_rows(self) -> int:
@@ -149,17 +150,20 @@ class StepScheduler:
         return sum((lane.plan.num_steps - lane.step) * lane.rows for lane in self._lanes)
 
     @property
+    def longest_lane(self) -> int:
+        """Steps left in the queue's longest lane: the fewest iterations its work takes."""
+        return max((lane.plan.num_steps - lane.step for lane in self._lanes), default=0)
+
+    @property
     def backlog_seconds(self) -> float | None:
-        """The queued work in seconds at the measured pace, or None before the first iteration."""
-        if self._rows_per_s is None:
-            return None
-        return self.queued_rows / self._rows_per_s
+        """The queued work in seconds at the measured pace, or None while nothing is measured."""
+        return self.pace.drain_seconds(self.queued_rows, self.longest_lane, self.max_batch)
 
     def estimated_wait(self, job: DiffusionJob) -> float | None:
-        """Seconds until `job` would finish if admitted now, or None before the first iteration."""
-        if self._rows_per_s is None:
-            return None
-        return (self.queued_rows + job.cost) / self._rows_per_s
+        """Seconds until `job` would finish if admitted now, or None while nothing is measured."""
+        return self.pace.drain_seconds(
+            self.queued_rows + job.cost, max(self.longest_lane, job.steps - job.start), self.max_batch
+        )
 
     @property
     def queued_lanes(self) -> int:
@@ -206,24 +210,28 @@ class StepScheduler:
                 f"limit {self.max_queued_lanes}, this request adds {job.n}"
             )
         now = time.monotonic()
-        pace = self._rows_per_s
         if job.deadline is None:
             return None
         budget = job.deadline - now
-        if pace is None:
+        steps = job.steps - job.start
+        least = self.pace.drain_seconds(job.cost, steps, self.max_batch, least=True)
+        alone = self.pace.drain_seconds(job.cost, steps, self.max_batch)
+        wait = self.estimated_wait(job)
+        if least is None or alone is None or wait is None:
             return now + ADMISSION_MARGIN * budget
-        alone = job.cost / pace
-        if PACE_ALLOWANCE * alone > DEADLINE_SHARE_MAX * budget:
+        if PACE_ALLOWANCE * least > DEADLINE_SHARE_MAX * budget:
+            pace = job.cost / least  # rows per second at this request's own batch size
             most = int(pace * DEADLINE_SHARE_MAX * budget / PACE_ALLOWANCE)
             raise TooCostly(
                 f"this request is {job.cost} network rows (n x steps x rows = {job.n} x {job.steps} x {job.rows}); "
-                f"model {self.model.name!r} runs about {pace:.0f} rows/s, so it needs about {alone:.0f}s even on an "
-                f"idle replica, too close to its {budget:.0f}s deadline. The most this replica takes in one request "
-                f"is about {most} rows: ask for fewer images or steps",
+                f"model {self.model.name!r} runs about {pace:.0f} rows/s at its batch size, so it needs about "
+                f"{least:.0f}s even on an idle replica, too close to its {budget:.0f}s deadline. The most this "
+                f"replica takes in one request is about {most} rows: ask for fewer images or steps",
                 field="steps",
             )
         promise = now + min(DEADLINE_SHARE_MAX * budget, max(ADMISSION_MARGIN * budget, PACE_ALLOWANCE * alone))
-        wait = (self.queued_rows + job.cost) / pace
+        if not self._lanes:
+            return promise  # an idle replica takes what it can finish: nothing else waits on it
         earliest = min([promise, *(r.promise for r in self._requests() if r.promise is not None)])
         if now + wait > earliest:
             raise Overloaded(
@@ -384,12 +392,11 @@ class StepScheduler:
                     self._drop(req, GenserveError(f"network call failed: {e}"))
                 continue
             self._advance(batch, x_next, x0)
-            # Rows per second of wall time from one iteration to the next: the network call plus
-            # everything else the replica does meanwhile, which the admission estimate must cover.
+            # Wall time from one iteration to the next: the network call plus everything else
+            # the replica does meanwhile, which the admission estimate must cover.
             now = time.perf_counter()
-            rate = sum(ln.rows for ln in batch.lanes) / max(now - cycle_start, seconds, 1e-6)
+            self.pace.observe(sum(ln.rows for ln in batch.lanes), max(now - cycle_start, seconds, 1e-6))
             cycle_start = now
-            self._rows_per_s = rate if self._rows_per_s is None else 0.8 * self._rows_per_s + 0.2 * rate
             if self.on_step is not None:
                 reqs = len({id(lane.request) for lane in batch.lanes})
                 self.on_step(StepStats(int(sum(ln.rows for ln in batch.lanes)), len(batch.lanes), reqs, seconds))

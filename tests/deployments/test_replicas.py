@@ -73,6 +73,5 @@ def test_a_diffusion_replica_reports_the_work_it_holds_for_autoscaling(tiny_mode
     assert before == {QUEUED_ROWS: 0.0}
     rows = during[QUEUED_ROWS]
     assert 0 < rows < 4 * 400 * 2 and rows % 2 == 0  # guided: two rows per image-step
-    pace = replica.scheduler._rows_per_s
-    assert pace is not None and during[BACKLOG_SECONDS] > 0
+    assert replica.scheduler.pace.measured and during[BACKLOG_SECONDS] > 0
     assert after[QUEUED_ROWS] == 0.0 and after[BACKLOG_SECONDS] == 0.0

@@ -14,6 +14,7 @@ import pytest
 
 from service.errors import DeadlineExceeded, Overloaded, TooCostly
 from service.jobs import DiffusionJob
+from service.pace import StepPace
 from service.registry import LoadedModel, load_model
 from service.scheduler import StepScheduler
 from service.stats import StepStats
@@ -26,6 +27,16 @@ def model(tiny_model_dir: Path) -> LoadedModel:
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
+
+
+def measured(s: StepScheduler, *bands: tuple[int, float]) -> None:
+    """As if the replica had measured these (rows, seconds per iteration) bands just now."""
+    s.pace = StepPace()
+    for rows, seconds in bands:
+        s.pace.observe(rows, seconds)
+
+
+AT_100_ROWS_PER_S = ((1, 0.01), (4, 0.04))  # no fixed cost: 100 rows/s at every batch size
 
 
 async def _alone(model: LoadedModel, job: DiffusionJob, max_batch: int = 64) -> np.ndarray:
@@ -224,7 +235,7 @@ def test_a_request_that_cannot_finish_before_its_deadline_is_refused_at_once(mod
 def test_a_request_too_large_for_an_idle_replica_gets_a_definitive_422(model: LoadedModel) -> None:
     async def scenario() -> None:
         s = StepScheduler(model, max_batch=4)
-        s._rows_per_s = 100.0  # as if measured: 100 network rows per second
+        measured(s, *AT_100_ROWS_PER_S)
         job = DiffusionJob(seed=0, n=2, steps=500, deadline=time.monotonic() + 10.0)  # 1000 rows: ~10 s
         with pytest.raises(TooCostly, match="1000 network rows") as refused:
             await s.submit(job)
@@ -237,13 +248,54 @@ def test_a_request_too_large_for_an_idle_replica_gets_a_definitive_422(model: Lo
     run(scenario())
 
 
+def test_a_many_image_request_is_costed_at_its_own_batch_size_not_at_the_last_ones(model: LoadedModel) -> None:
+    """A replica that has run 1-row and 16-row batches (3 ms fixed, 1 ms per row): 16 images x 800
+    steps is 800 iterations of 16 rows, about 15 s, which a 30 s deadline allows. Read at the
+    1-row pace (250 rows/s), the same 12,800 rows would be 51 s, a definitive 422."""
+
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=64)
+        measured(s, (1, 0.004), (16, 0.019))
+        job = DiffusionJob(seed=0, n=16, steps=800, deadline=time.monotonic() + 30.0)
+        assert s.estimated_wait(job) == pytest.approx(800 * 0.019)
+        assert s._admit(job) is not None
+        await s.close()
+
+    run(scenario())
+
+
+def test_a_lone_long_lane_is_not_promised_a_full_batchs_pace(model: LoadedModel) -> None:
+    """After full batches of 64 rows in 64 ms (1,000 rows/s), one image of 1000 steps is 1000
+    iterations of one row, whose fixed cost is unmeasured. Queued work is not held to the 1 s
+    that 1,000 rows/s says but to up to 64 s (each row as slow as a full batch), so the lane is
+    refused while a queued request's promise stands; an idle replica takes it (no definitive
+    422 from a cost it has not measured), promising it 90% of its deadline."""
+
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=64)
+        measured(s, (64, 0.064))
+        lone = DiffusionJob(seed=0, n=1, steps=1000, deadline=time.monotonic() + 20.0)
+        assert s.estimated_wait(lone) == pytest.approx(64.0)
+        promise = s._admit(lone)
+        assert promise is not None and promise - time.monotonic() == pytest.approx(18.0, abs=0.1)
+        queued = asyncio.ensure_future(s.submit(DiffusionJob(seed=1, n=4, steps=50, deadline=time.monotonic() + 20)))
+        await asyncio.sleep(0)
+        measured(s, (64, 0.064))  # the real iteration just measured is far faster
+        with pytest.raises(Overloaded, match="should finish"):
+            s._admit(lone)
+        await queued
+        await s.close()
+
+    run(scenario())
+
+
 def test_a_request_larger_than_the_usual_share_runs_on_an_idle_replica(model: LoadedModel) -> None:
     """Work beyond 35% of the deadline but well within it is admitted when nothing is queued (and
     refused with a 503 while the queue would delay it): it can finish in time, so no 422."""
 
     async def scenario() -> None:
         s = StepScheduler(model, max_batch=4)
-        s._rows_per_s = 100.0
+        measured(s, *AT_100_ROWS_PER_S)
         job = DiffusionJob(seed=0, n=1, steps=5, deadline=time.monotonic() + 0.12)  # 5 rows: ~50 ms, 42% of it
         done = await s.submit(job)
         assert done.images.shape[0] == 1
@@ -258,13 +310,13 @@ def test_admission_keeps_the_promise_made_to_requests_already_queued(model: Load
 
     async def scenario() -> None:
         s = StepScheduler(model, max_batch=4)
-        s._rows_per_s = 100.0
+        measured(s, *AT_100_ROWS_PER_S)
         first = asyncio.ensure_future(s.submit(DiffusionJob(seed=0, n=1, steps=50, deadline=time.monotonic() + 10)))
         await asyncio.sleep(0)
-        s._rows_per_s = 100.0
-        late = DiffusionJob(seed=1, n=1, steps=300, deadline=time.monotonic() + 10_000)
+        measured(s, *AT_100_ROWS_PER_S)  # the real iteration just measured is far faster
+        late = DiffusionJob(seed=1, n=1, steps=400, deadline=time.monotonic() + 10_000)
         with pytest.raises(Overloaded, match="should finish"):
-            await s.submit(late)  # alone 3 s is fine for it; 3.5 s of work breaks the first's 3.5 s
+            await s.submit(late)  # alone 4 s is fine for it; 4.5 s of work breaks the first's 3.5 s
         await first
         await s.close()
 
