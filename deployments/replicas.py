@@ -335,6 +335,9 @@ class DiffusionReplica(_Replica):
     def __init__(self, model_dir: str, name: str, device: Device = "auto", ort_threads: int = 1) -> None:
         super().__init__(model_dir, name, device, ort_threads)
         self.scheduler = StepScheduler(self.denoiser(), on_step=self._on_step)
+        probe = self.probe_job()
+        assert isinstance(probe, DiffusionJob)
+        self.scheduler.warm_up(probe)
         self.metrics.queue_limit(self.scheduler.max_queued_lanes)
 
     def denoiser(self) -> Denoiser:

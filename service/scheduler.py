@@ -10,10 +10,12 @@ over gains priority with every iteration it waits (no starvation).
 Admission: a request is refused at once (Overloaded, with a Retry-After) when the queue holds
 `max_queued_lanes` images, or when the work already queued plus its own, at the iteration
 times the replica has measured for such batches (`service.pace`), would not drain before the
-finish promised to every queued request (a share `ADMISSION_MARGIN` of each one's deadline): under overload a client gets a fast
-503 instead of a late 504. A large request on a quiet replica is promised its own work time
-(with an allowance for the pace estimate). A request that even alone would come too close to
-its deadline gets a definitive 422 (TooCostly) naming its cost and what the replica takes.
+finish promised to every queued request (a share `ADMISSION_MARGIN` of each one's deadline):
+under overload a client gets a fast 503 instead of a late 504. A large request on a quiet
+replica is promised its own work time (with an allowance for the pace estimate); an idle replica
+admits it. A request that even alone, at the least the replica has taken for a batch its size or smaller
+(`warm_up` times them before serving), would come too close to its deadline gets a definitive
+422 (TooCostly) naming its cost and what the replica takes.
 """
 
 from __future__ import annotations
@@ -215,11 +217,7 @@ class StepScheduler:
         budget = job.deadline - now
         steps = job.steps - job.start
         least = self.pace.drain_seconds(job.cost, steps, self.max_batch, least=True)
-        alone = self.pace.drain_seconds(job.cost, steps, self.max_batch)
-        wait = self.estimated_wait(job)
-        if least is None or alone is None or wait is None:
-            return now + ADMISSION_MARGIN * budget
-        if PACE_ALLOWANCE * least > DEADLINE_SHARE_MAX * budget:
+        if least is not None and PACE_ALLOWANCE * least > DEADLINE_SHARE_MAX * budget:
             pace = job.cost / least  # rows per second at this request's own batch size
             most = int(pace * DEADLINE_SHARE_MAX * budget / PACE_ALLOWANCE)
             raise TooCostly(
@@ -229,6 +227,10 @@ class StepScheduler:
                 f"replica takes in one request is about {most} rows: ask for fewer images or steps",
                 field="steps",
             )
+        alone = self.pace.drain_seconds(job.cost, steps, self.max_batch)
+        wait = self.estimated_wait(job)
+        if alone is None or wait is None:
+            return now + ADMISSION_MARGIN * budget
         promise = now + min(DEADLINE_SHARE_MAX * budget, max(ADMISSION_MARGIN * budget, PACE_ALLOWANCE * alone))
         if not self._lanes:
             return promise  # an idle replica takes what it can finish: nothing else waits on it
@@ -240,6 +242,22 @@ class StepScheduler:
                 retry_after=max(1.0, round(now + wait - earliest)),
             )
         return promise
+
+    def warm_up(self, job: DiffusionJob, calls: int = 2) -> None:
+        """Runs the bare network on `job`'s conditioning at one lane and at a full batch, `calls`
+        times each, before the first request: ONNX Runtime sets up both shapes, and the pace learns
+        the least an iteration costs at each (what a definitive 422 reads). Blocks; call it once,
+        before serving."""
+        shape, plan, cond = self.model.lane_shape(job), self.model.plan(job), self.model.condition(job)
+        for lanes in sorted({1, max(1, self.max_batch // job.rows)}):
+            x = np.zeros((lanes, *shape), np.float32)
+            timesteps = np.full(lanes, plan.timesteps[0])
+            counts = np.full(lanes, plan.num_steps, np.int64)
+            guided = np.arange(lanes) if job.rows == 2 else np.zeros(0, np.int64)
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                self.model.run(x, timesteps, [cond] * lanes, guided, counts)
+                self.pace.observe_least(lanes * job.rows, time.perf_counter() - t0)
 
     def _requests(self) -> set[_Request]:
         return {lane.request for lane in self._lanes}

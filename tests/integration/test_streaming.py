@@ -58,7 +58,7 @@ def queue_depth(metrics_url: str) -> float:
 def test_closing_the_stream_early_frees_the_lanes(server: Server) -> None:
     body = {"n": 16, "steps": 800, "seed": 2, "stream": True}
     resp = requests.post(f"{server.url}/v1/models/diffusion/generate", json=body, stream=True, timeout=120)
-    assert resp.status_code == 200
+    assert resp.status_code == 200, resp.text[:400]
     progress = 0
     grown_at = time.monotonic() + 30
     for kind, data in events(resp):

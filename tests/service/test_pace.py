@@ -42,7 +42,7 @@ def test_between_measured_bands_the_time_is_linear_and_beyond_them_over_estimate
     assert pace.iteration_seconds(64) == pytest.approx(0.080)
     # The least it could be (what a definitive refusal reads): below the smallest band, its rows/s.
     assert pace.iteration_seconds(1, least=True) == pytest.approx(0.005)
-    assert pace.iteration_seconds(17, least=True) == pytest.approx(0.025)
+    assert pace.iteration_seconds(17, least=True) == pytest.approx(0.010)  # no less than 2 rows took
     assert pace.drain_seconds(1000, 1000, 64, least=True) == pytest.approx(5.0)
 
 
@@ -76,3 +76,20 @@ def test_queued_work_takes_as_many_iterations_as_its_longest_lane_or_its_rows_ne
     assert pace.drain_seconds(1000, 1000, 64) == pytest.approx(1000 * 0.004)
     # More rows than fit in a batch: full batches.
     assert pace.drain_seconds(640 * 10, 10, 64) == pytest.approx(100 * 0.067)
+
+
+def test_the_least_time_is_the_fastest_run_never_goes_stale_and_is_not_a_typical_time() -> None:
+    clock = Clock()
+    pace = StepPace(clock)
+    pace.observe_least(1, 0.003)  # the warm-up: bare network calls
+    pace.observe_least(64, 0.060)
+    assert not pace.measured and pace.drain_seconds(100, 10, 64) is None
+    pace.observe(64, 0.090)  # a slow spell: the typical time moves, the least does not
+    assert pace.iteration_seconds(64) == pytest.approx(0.090)
+    assert pace.iteration_seconds(64, least=True) == pytest.approx(0.060)
+    pace.observe(64, 0.050)
+    assert pace.iteration_seconds(64, least=True) == pytest.approx(0.050)
+    clock.now += 10 * STALE_S
+    assert not pace.measured and pace.iteration_seconds(64, least=True) == pytest.approx(0.050)
+    # Beyond the largest band the least is that band's time: more rows can only cost more.
+    assert pace.iteration_seconds(128, least=True) == pytest.approx(0.050)

@@ -236,7 +236,7 @@ def test_a_request_too_large_for_an_idle_replica_gets_a_definitive_422(model: Lo
     async def scenario() -> None:
         s = StepScheduler(model, max_batch=4)
         measured(s, *AT_100_ROWS_PER_S)
-        job = DiffusionJob(seed=0, n=2, steps=500, deadline=time.monotonic() + 10.0)  # 1000 rows: ~10 s
+        job = DiffusionJob(seed=0, n=4, steps=250, deadline=time.monotonic() + 10.0)  # 1000 rows: ~10 s
         with pytest.raises(TooCostly, match="1000 network rows") as refused:
             await s.submit(job)
         assert refused.value.status == 422
@@ -284,6 +284,32 @@ def test_a_lone_long_lane_is_not_promised_a_full_batchs_pace(model: LoadedModel)
         with pytest.raises(Overloaded, match="should finish"):
             s._admit(lone)
         await queued
+        await s.close()
+
+    run(scenario())
+
+
+def test_the_warm_up_times_one_lane_and_a_full_batch_and_a_slow_spell_refuses_nothing_for_good(
+    model: LoadedModel,
+) -> None:
+    """After the warm-up the least an iteration costs is known at 1 row and at `max_batch` rows
+    (not a typical time: no backlog is reported from it). Then, however slow the recent
+    iterations, a request that fits the deadline at the least cost is not a 422."""
+
+    async def scenario() -> None:
+        s = StepScheduler(model, max_batch=8)
+        s.warm_up(DiffusionJob(seed=0, n=1, steps=1))
+        one, full = s.pace.iteration_seconds(1, least=True), s.pace.iteration_seconds(8, least=True)
+        assert one is not None and full is not None and 0 < one <= full
+        assert s.backlog_seconds is None
+        for _ in range(5):
+            s.pace.observe(8, 1000 * full)  # a very slow spell at full batches
+        # 10 iterations: 10,000 x `full` at the spell's pace (with its allowance, past 90% of the
+        # deadline), 10 x `full` at the least: admitted, since the replica is idle.
+        job = DiffusionJob(seed=1, n=8, steps=10, deadline=time.monotonic() + 5000 * full)
+        assert s._admit(job) is not None
+        with pytest.raises(TooCostly):
+            s._admit(dataclasses.replace(job, steps=1000, deadline=time.monotonic() + 100 * full))
         await s.close()
 
     run(scenario())
