@@ -357,9 +357,10 @@ def train_gan(cfg: TrainConfig) -> Trainer:
 def train_vae(cfg: TrainConfig) -> Trainer:
     """Conditional VAE of shape `cfg.vae_arch`: Bernoulli pixel likelihood plus KL, 10% of labels dropped to null."""
     torch.manual_seed(cfg.seed)
-    saved = cfg.checkpoint_dir / f"{cfg.name}.safetensors"
-    if saved.exists():  # a resumed run keeps the shape it started with
-        cfg.vae_arch = checkpoint.read_meta(saved)["config"].get("vae_arch", "small")
+    for source in (cfg.checkpoint_dir / f"{cfg.name}.safetensors", cfg.resume_from):
+        if source is not None and source.exists():  # a resumed run keeps the shape it started with
+            cfg.vae_arch = checkpoint.read_meta(source)["config"].get("vae_arch", "small")
+            break
     vae = nets.Vae(**nets.VAE_ARCHS[cfg.vae_arch])
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     trainer = Trainer(cfg, {"vae": vae}, {"opt": opt}, weights="vae")

@@ -96,6 +96,12 @@ def test_a_vae_of_another_shape_resumes_exports_and_names_its_shape(tmp_path: Pa
     TRAINERS["vae"](default_config("vae", steps=2, batch_size=8, checkpoint_dir=ckpt, vae_arch="res"))
     resumed = TRAINERS["vae"](default_config("vae", steps=3, batch_size=8, checkpoint_dir=ckpt))
     assert resumed.step == 3 and resumed.cfg.vae_arch == "res"
+    weights = tmp_path / "vae.safetensors"  # the committed form: weights alone, resumed elsewhere
+    resumed.save_weights(weights)
+    again = TRAINERS["vae"](
+        default_config("vae", steps=4, batch_size=8, checkpoint_dir=tmp_path / "other", resume_from=weights)
+    )
+    assert again.step == 4 and again.cfg.vae_arch == "res"
     assert any(isinstance(m, nets.ConvRes) for m in resumed.modules["vae"].modules())
     assert export.EXPORTERS["vae"](tmp_path, ckpt) < export.PARITY_ATOL
     card = load_card(tmp_path / "vae")
