@@ -13,9 +13,9 @@ times the replica has measured for such batches (`service.pace`), would not drai
 finish promised to every queued request (a share `ADMISSION_MARGIN` of each one's deadline):
 under overload a client gets a fast 503 instead of a late 504. A large request on a quiet
 replica is promised its own work time (with an allowance for the pace estimate); an idle replica
-admits it. A request that even alone, at the least the replica has taken for a batch its size or smaller
-(`warm_up` times them before serving), would come too close to its deadline gets a definitive
-422 (TooCostly) naming its cost and what the replica takes.
+admits it. A request that even alone, at the least the replica has taken for a batch of its size
+or smaller (`warm_up` times them before serving), would come too close to its deadline gets a
+definitive 422 (TooCostly) naming its cost and what the replica takes.
 """
 
 from __future__ import annotations
