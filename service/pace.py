@@ -101,8 +101,9 @@ class StepPace:
     def drain_seconds(self, rows: int, longest: int, max_batch: int, least: bool = False) -> float | None:
         """Seconds to run `rows` network rows whose longest lane has `longest` steps left, at most
         `max_batch` rows per iteration (typical, or with `least` the least); None when unknown."""
+        known = bool(self._least) if least else self.measured
         iterations = max(longest, math.ceil(rows / max_batch))
         if rows <= 0 or iterations <= 0:
-            return 0.0 if (least and self._least) or (not least and self.measured) else None
+            return 0.0 if known else None
         per_iteration = self.iteration_seconds(rows / iterations, least)
         return None if per_iteration is None else iterations * per_iteration

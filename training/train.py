@@ -282,15 +282,24 @@ def denoiser_update(
     ema_update(ema, model, step, ema_decay)
 
 
-def _saved_recipe(cfg: TrainConfig) -> DiffusionRecipe | None:
-    """A resumed run keeps the recipe it started with, whatever the command line says now."""
+def _resumed_meta(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The metadata of what the run resumes from: its own checkpoint, else `--resume-from` (as
+    `Trainer.maybe_resume` picks), or None for a fresh run."""
     for source in (cfg.checkpoint_dir / f"{cfg.name}.safetensors", cfg.resume_from):
         if source is not None and source.exists():
-            recipe = DiffusionRecipe(**checkpoint.read_meta(source)["recipe"])
-            if recipe != cfg.recipe:
-                print(f"{cfg.name}: resuming with the checkpoint's recipe {recipe}")
-            return recipe
+            return checkpoint.read_meta(source)
     return None
+
+
+def _saved_recipe(cfg: TrainConfig) -> DiffusionRecipe | None:
+    """A resumed run keeps the recipe it started with, whatever the command line says now."""
+    meta = _resumed_meta(cfg)
+    if meta is None:
+        return None
+    recipe = DiffusionRecipe(**meta["recipe"])
+    if recipe != cfg.recipe:
+        print(f"{cfg.name}: resuming with the checkpoint's recipe {recipe}")
+    return recipe
 
 
 def load_unet(path: Path, max_steps: int = 0) -> tuple[nets.UNet, DiffusionRecipe, dict[str, Any]]:
@@ -357,10 +366,9 @@ def train_gan(cfg: TrainConfig) -> Trainer:
 def train_vae(cfg: TrainConfig) -> Trainer:
     """Conditional VAE of shape `cfg.vae_arch`: Bernoulli pixel likelihood plus KL, 10% of labels dropped to null."""
     torch.manual_seed(cfg.seed)
-    for source in (cfg.checkpoint_dir / f"{cfg.name}.safetensors", cfg.resume_from):
-        if source is not None and source.exists():  # a resumed run keeps the shape it started with
-            cfg.vae_arch = checkpoint.read_meta(source)["config"].get("vae_arch", "small")
-            break
+    resumed = _resumed_meta(cfg)
+    if resumed is not None:  # a resumed run keeps the shape it started with
+        cfg.vae_arch = resumed["config"].get("vae_arch", "small")
     vae = nets.Vae(**nets.VAE_ARCHS[cfg.vae_arch])
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     trainer = Trainer(cfg, {"vae": vae}, {"opt": opt}, weights="vae")
