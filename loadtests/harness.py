@@ -72,20 +72,36 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -
         _signal_group(proc.pid, signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        # Children handle SIGTERM after their parent: a second for the rest of the group, then SIGKILL.
+        # Children handle SIGTERM after their parent: a second for the rest of the group, then SIGKILL,
+        # and the block ends once the kernel has ended them (a busy machine delivers it late).
         deadline = time.monotonic() + 1.0
         while _group_alive(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         _signal_group(proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10.0
+        while _group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         log.close()
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether a member of the process group still runs: zombies (ended, not yet reaped by
+    whoever adopted them) do not count. Without /proc, whether any member exists at all."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # the process ended while being read
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp, ...
+            return True
+    return False
 
 
 def _signal_group(pgid: int, sig: int) -> None:
