@@ -358,6 +358,15 @@ class DiffusionReplica(_Replica):
         self.scheduler.max_queued_lanes = int(config.get("max_queued_images", 1024))
         self.metrics.queue_limit(self.scheduler.max_queued_lanes)
 
+    async def check_health(self) -> None:
+        """The base health check, then, while the replica is idle, one lane and a full batch
+        timed again (`StepScheduler.retime_when_idle`: a warm-up timed during a busy start-up
+        would cost requests too high until real full batches ran)."""
+        await super().check_health()
+        probe = self.probe_job()
+        assert isinstance(probe, DiffusionJob)
+        await self.scheduler.retime_when_idle(probe)
+
     def _on_step(self, stats: StepStats) -> None:
         self.metrics.network_call(stats)
         self.metrics.queue_depth(self.scheduler.queued_lanes)

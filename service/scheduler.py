@@ -49,6 +49,7 @@ T = TypeVar("T")
 ADMISSION_MARGIN = 0.35
 PACE_ALLOWANCE = 1.25  # the measured pace may be this much too optimistic
 DEADLINE_SHARE_MAX = 0.9
+IDLE_RETIMES = 3  # full-batch timings an idle replica makes after its warm-up (`retime_when_idle`)
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class StepScheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"steps-{model.name}")
         self.pace = StepPace()  # iteration time by batch size, as measured
+        self._retimes_left = 0  # idle re-timings of a full batch still to do (`retime_when_idle`)
 
     @property
     def queued_rows(self) -> int:
@@ -248,6 +250,25 @@ class StepScheduler:
         times each, before the first request: ONNX Runtime sets up both shapes, and the pace learns
         the least an iteration costs at each (what a definitive 422 reads). Blocks; call it once,
         before serving."""
+        self._time_bare(job, calls)
+        self._retimes_left = IDLE_RETIMES
+
+    async def retime_when_idle(self, job: DiffusionJob) -> bool:
+        """Times the bare network at one lane and a full batch once more, on the compute thread,
+        when no lane is queued; at most `IDLE_RETIMES` times after the warm-up. A warm-up timed
+        while the machine was busy (replicas starting side by side) leaves least times too slow,
+        and no real full batch may run to correct them before a request is costed against them;
+        the least only falls, so a quiet moment's timing is what stays. A request arriving
+        meanwhile waits for two calls. Returns whether it timed."""
+        if self._lanes or self._retimes_left <= 0:
+            return False
+        self._retimes_left -= 1
+        await self.run_off_loop(self._time_bare, job, 1)
+        return True
+
+    def _time_bare(self, job: DiffusionJob, calls: int) -> None:
+        """`calls` bare network calls of `job`'s conditioning at one lane and at a full batch, each
+        a lower bound for the pace."""
         shape, plan, cond = self.model.lane_shape(job), self.model.plan(job), self.model.condition(job)
         for lanes in sorted({1, max(1, self.max_batch // job.rows)}):
             x = np.zeros((lanes, *shape), np.float32)
