@@ -190,8 +190,8 @@ def add_image_routes(app: FastAPI, backend: ComputeBackend, timeout_s: float, li
                     (a, b), _ = latents.encode(model, to_network(pair, card), req.label)
                     check()
                 else:
-                    a, b = latents.seed_latent(model, req.from_seed), latents.seed_latent(model, req.to_seed)
-                frames = latents.decode(model, latents.slerp(a, b, req.frames), req.label)
+                    a, b = (latents.seed_latent(model, s, req.label) for s in (req.from_seed, req.to_seed))
+                frames = latents.interpolate(model, a, b, req.frames, req.label)
                 return _images(model, frames, started, req)
 
             return await backend.compute(work, deadline, "interpolate")

@@ -116,6 +116,17 @@ class DensitySpec(_Strict):
         return self
 
 
+class PriorSpec(_Strict):
+    """gan/vae: a latent prior other than N(0, I), one Gaussian per label input (`service.priors`)."""
+
+    file: str = Field(
+        description="An .npz in the model folder: `mean` (label inputs, latent_dim) and `scale_tril` "
+        "(label inputs, latent_dim, latent_dim), lower-triangular with a positive diagonal; row y is "
+        "p(z | label input y)."
+    )
+    fitted: str = Field("", description="How the prior was obtained, for humans.")
+
+
 class Provenance(_Strict):
     """Where the weights came from."""
 
@@ -152,6 +163,9 @@ class ModelCard(_Strict):
     onnx: OnnxIO = Field(description="The ONNX generator and its input roles.")
     encoder: OnnxIO | None = Field(None, description="vae only: the (image, label) -> (mu, logvar) encoder.")
     density: DensitySpec | None = Field(None, description="vae only: how images are scored; needs `encoder`.")
+    prior: PriorSpec | None = Field(
+        None, description="gan/vae: the latent prior images are drawn from and scored under; N(0, I) when absent."
+    )
     text: TextSpec | None = Field(None, description="text2image only: prompts and image sizes requests may ask for.")
     provenance: Provenance = Field(description="Training data and the reproducing command.")
     quality: dict[str, dict[str, float]] = Field(
@@ -187,9 +201,16 @@ class ModelCard(_Strict):
         prior = self.density.label_prior if self.density is not None else None
         if prior is not None and len(prior) != len(self.labels):
             raise ValueError(f"density.label_prior needs one entry per label ({len(self.labels)})")
+        if self.prior is not None and self.family not in ("gan", "vae"):
+            raise ValueError("`prior` is for gan and vae cards only")
         if self.family in ("gan", "vae") and self.latent_dim is None:
             raise ValueError(f"a {self.family} card needs `latent_dim`")
         return self
+
+    @property
+    def label_inputs(self) -> int:
+        """How many values the network's label input takes: the labels and the null label."""
+        return max(len(self.labels), (self.null_label if self.null_label is not None else -1) + 1)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

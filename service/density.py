@@ -1,12 +1,13 @@
 """Scoring images with a VAE: log-likelihood bounds, and the generative classifier p(y|x).
 
 For a conditional VAE with encoder q(z | x, y), decoder p(x | z, y) (Bernoulli pixels) and prior
-p(z) = N(0, I), for each image x and label y:
+p(z | y) (the model's `service.priors.LatentPrior`: N(0, I), or the Gaussian per label its card
+names; samples are drawn from the same one), for each image x and label y:
 
-- ELBO(x, y) = E_q[log p(x | z, y)] - KL(q(z | x, y) || p(z)), the expectation estimated with
-  the k posterior samples and the KL in closed form;
-- IWAE_k(x, y) = log (1/k) sum_j p(x | z_j, y) p(z_j) / q(z_j | x, y) (Burda et al., 2016), a
-  tighter lower bound on log p(x | y) that grows with k.
+- ELBO(x, y) = E_q[log p(x | z, y)] - KL(q(z | x, y) || p(z | y)), the expectation estimated
+  with the k posterior samples and the KL in closed form;
+- IWAE_k(x, y) = log (1/k) sum_j p(x | z_j, y) p(z_j | y) / q(z_j | x, y) (Burda et al., 2016),
+  a tighter lower bound on log p(x | y) that grows with k.
 
 Marginal bounds over labels: log p(x) >= logsumexp_y [log p(y) + bound(x, y)]. The classifier is
 Bayes' rule on the IWAE bounds: p(y | x) = softmax_y [log p(y) + IWAE_k(x, y)].
@@ -26,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.noise import image_rng
+from service.priors import LOG_2PI
 from service.registry import LoadedModel
 
-LOG_2PI = math.log(2 * math.pi)
 # Decoder rows per network call: large enough to keep the call efficient, small enough that a
 # deadline or a departed client is noticed within a fraction of a second.
 CHUNK_ROWS = 4096
@@ -88,8 +89,8 @@ def log_bounds(
     """ELBO and IWAE_k bounds (n, len(labels)) for images `x` (n, C, H, W) in network range.
 
     `check` runs between network calls and may raise (a deadline passed, the client left)."""
-    card = model.card
-    assert card.density is not None and card.latent_dim is not None
+    card, prior = model.card, model.prior
+    assert card.density is not None and card.latent_dim is not None and prior is not None
     n, d = len(x), card.latent_dim
     xb = binarize(x, card.image.value_range, card.density.binarize_at)
     eps = np.stack([image_rng(seed, i).standard_normal((k, d)) for i in range(n)])  # (n, k, d)
@@ -101,7 +102,7 @@ def log_bounds(
         mu, logvar = posterior(model, x, ys)
         check()
         sigma = np.exp(0.5 * logvar)
-        kl = 0.5 * (np.exp(logvar) + mu**2 - 1.0 - logvar).sum(axis=1)  # (n,)
+        kl = prior.kl(mu, logvar, y)  # (n,)
         for start in range(0, n, per_call):
             sl = slice(start, min(n, start + per_call))
             z = mu[sl, None, :] + sigma[sl, None, :] * eps[sl]  # (m, k, d)
@@ -110,7 +111,7 @@ def log_bounds(
             check()
             target = np.repeat(xb[sl], k, axis=0)
             log_px = bernoulli_log_prob(logits, target).reshape(m, k)
-            log_pz = -0.5 * (z**2 + LOG_2PI).sum(axis=2)
+            log_pz = prior.log_prob(z, y)
             log_qz = -0.5 * (eps[sl] ** 2 + LOG_2PI + logvar[sl, None, :]).sum(axis=2)
             log_w = log_px + log_pz - log_qz
             iwae[sl, col] = np.logaddexp.reduce(log_w, axis=1) - math.log(k)

@@ -31,7 +31,8 @@ def truncated_normal(rng: np.random.Generator, size: int, bound: float) -> np.nd
 
 
 def job_latents(job: LatentJob, latent_dim: int) -> np.ndarray:
-    """(n, latent_dim) float32 latents for one job."""
+    """(n, latent_dim) float32 noise for one job: the latents under N(0, I), which the model's
+    prior maps to its own (`service.priors.LatentPrior.sample`)."""
     rows = []
     for i in range(job.n):
         rng = image_rng(job.seed, i)
@@ -53,9 +54,10 @@ def resolve_label(model: LoadedModel, label: int | None) -> int:
 
 def generate_latent(model: LoadedModel, jobs: list[LatentJob], max_rows: int = 256) -> list[np.ndarray]:
     """Images (n, C, H, W) in the card's value range for each job, from batched network calls."""
-    assert model.card.latent_dim is not None
-    z = np.concatenate([job_latents(j, model.card.latent_dim) for j in jobs])
+    assert model.card.latent_dim is not None and model.prior is not None
+    eps = np.concatenate([job_latents(j, model.card.latent_dim) for j in jobs])
     labels = np.concatenate([np.full(j.n, resolve_label(model, j.label), dtype=np.int64) for j in jobs])
+    z = model.prior.sample(eps, labels)
     roles = model.card.onnx.inputs
     chunks = [
         model.onnx.run(

@@ -2,8 +2,10 @@
 encode, reconstruct, interpolate.
 
 Interpolation is spherical (slerp), as for Gaussian latents a straight line passes through
-latents of atypically small norm (White, 2016). A seed's endpoint is the latent `generate` draws
-for image 0 of a request with that seed, so frame 0 is exactly the image `generate` returns.
+latents of atypically small norm (White, 2016); for a GAN or VAE it runs on the standard-normal
+noise that the model's prior maps to latents. A seed's endpoint is the latent `generate` draws
+for image 0 of a request with that seed and label, so frame 0 is exactly the image `generate`
+returns.
 """
 
 from __future__ import annotations
@@ -36,11 +38,25 @@ def slerp(a: np.ndarray, b: np.ndarray, frames: int) -> np.ndarray:
     return out  # type: ignore[no-any-return]
 
 
-def seed_latent(model: LoadedModel, seed: int, truncation: float | None = None) -> np.ndarray:
-    """The latent `generate` draws for image 0 of a request with `seed`."""
-    assert model.card.latent_dim is not None
-    z: np.ndarray = job_latents(LatentJob(seed, 1, None, truncation=truncation), model.card.latent_dim)[0]
+def seed_latent(model: LoadedModel, seed: int, label: int | None, truncation: float | None = None) -> np.ndarray:
+    """The latent `generate` draws for image 0 of a request with `seed` and `label`."""
+    assert model.card.latent_dim is not None and model.prior is not None
+    eps = job_latents(LatentJob(seed, 1, label, truncation=truncation), model.card.latent_dim)
+    z: np.ndarray = model.prior.sample(eps, np.array([resolve_label(model, label)]))[0]
     return z
+
+
+def interpolate(model: LoadedModel, a: np.ndarray, b: np.ndarray, frames: int, label: int | None) -> np.ndarray:
+    """Images (frames, C, H, W) from latent a to latent b, both ends included: slerp between the
+    noise that draws them under the model's prior (`service.priors`), where the Gaussian geometry
+    slerp assumes holds, then back to latents."""
+    assert model.prior is not None
+    ys = np.full(2, resolve_label(model, label))
+    ea, eb = model.prior.whiten(np.stack([a, b]), ys)
+    path = slerp(ea, eb, frames)
+    z = model.prior.sample(path, np.full(frames, ys[0]))
+    z[0], z[-1] = a, b  # exact endpoints, whatever the rounding
+    return decode(model, z, label)
 
 
 def seed_noise(shape: tuple[int, ...], seed: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import numpy as np
 
 from service.cards import CARD_FILE, ModelCard, discover, load_card
 from service.errors import ModelLoadError
+from service.priors import LatentPrior
 from service.runtime import Device, OnnxModel
 from service.schedules import alphas_cumprod_for, betas_for
 
@@ -19,12 +20,14 @@ if TYPE_CHECKING:
 
 @dataclass
 class LoadedModel:
-    """A card with its live ONNX session; `alphas_cumprod` is set for diffusion models."""
+    """A card with its live ONNX session; `alphas_cumprod` is set for diffusion models, `prior`
+    (the card's, else N(0, I)) for GANs and VAEs."""
 
     card: ModelCard
     onnx: OnnxModel
     encoder: OnnxModel | None = None
     alphas_cumprod: np.ndarray | None = field(default=None, repr=False)
+    prior: LatentPrior | None = field(default=None, repr=False)
     # text2image: the whole pipeline folder (`onnx` is its UNet).
     pipeline: TextPipeline | None = field(default=None, repr=False)
 
@@ -70,7 +73,26 @@ def load_model(folder: Path, *, device: Device = "auto", intra_op_threads: int =
     if card.schedule is not None:
         s = card.schedule
         abar = alphas_cumprod_for(betas_for(s.beta_schedule, s.num_train_timesteps, s.beta_start, s.beta_end))
-    return LoadedModel(card, onnx, encoder, abar)
+    return LoadedModel(card, onnx, encoder, abar, _load_prior(folder, card))
+
+
+def _load_prior(folder: Path, card: ModelCard) -> LatentPrior | None:
+    """The latent prior of a GAN or VAE, checked against the card (None for other families)."""
+    if card.latent_dim is None:
+        return None
+    if card.prior is None:
+        return LatentPrior.standard(card.label_inputs, card.latent_dim)
+    path = folder / card.prior.file
+    try:
+        prior = LatentPrior.load(path)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+    if (prior.rows, prior.dim) != (card.label_inputs, card.latent_dim):
+        raise ModelLoadError(
+            f"{path}: a prior for {prior.rows} label inputs of {prior.dim} dims; the card implies "
+            f"{card.label_inputs} of {card.latent_dim}"
+        )
+    return prior
 
 
 def _load_pipeline_model(folder: Path, card: ModelCard, device: Device, intra_op_threads: int) -> LoadedModel:

@@ -565,8 +565,9 @@ class _Frames(_Encoded):
 
 class InterpolateRequest(_Frames):
     """Frames along the spherical path between two latents: two seeds (the latents `generate`
-    draws for image 0 of each seed, so the first frame is that image), or, for a VAE, two
-    images (their posterior means)."""
+    draws for image 0 of each seed and the label, so the first frame is that image), or, for a
+    VAE, two images (their posterior means). The path runs through the standard-normal noise
+    that the model's latent prior maps to latents (for N(0, I), the latents themselves)."""
 
     model_config = ConfigDict(
         **STRICT,

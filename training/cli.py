@@ -102,10 +102,11 @@ def _distill(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from training.export import EXPORTERS
+    from training.export import EXPORTERS, export_vae
 
     for family in args.families or [f for f in EXPORTERS if f not in ON_THEIR_OWN]:
-        err = EXPORTERS[family](Path(args.out))
+        out = Path(args.out)
+        err = export_vae(out, prior=args.vae_prior) if family == "vae" else EXPORTERS[family](out)
         print(f"exported {family} to {args.out}: ONNX Runtime vs torch max abs error {err:.2e}")
 
 
@@ -221,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export checkpoints to ONNX model folders with cards (checks parity)")
     p.add_argument("families", nargs="*", help=f"any of {', '.join((*FAMILIES, 'distilled'))} (default: all)")
     p.add_argument("--out", default="exported")
+    p.add_argument(
+        "--vae-prior",
+        choices=("fitted", "standard"),
+        default="fitted",
+        help="the VAE's latent prior: a Gaussian per label fitted to its training posteriors, or N(0, I)",
+    )
     p.set_defaults(func=_export)
     p = sub.add_parser("eval", help="measure FID, precision/recall and label accuracy; update cards and reports")
     p.add_argument("models", nargs="*", help="model folder names (default: all)")

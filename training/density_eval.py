@@ -149,15 +149,14 @@ def latent_pictures(model_dir: Path, model: LoadedModel, x: np.ndarray, y: np.nd
     for family in ("gan", "vae"):
         m = load_model(model_dir / family, device="cpu")
         for a, b, label in ((1, 2, 3), (3, 4, 7)):
-            rows.append(
-                latents.decode(m, latents.slerp(latents.seed_latent(m, a), latents.seed_latent(m, b), 10), label)
-            )
+            ends = [latents.seed_latent(m, seed, label) for seed in (a, b)]
+            rows.append(latents.interpolate(m, *ends, 10, label))
     strip(figures / "interpolation-seeds.png", rows)
     first = {d: int(np.flatnonzero(y == d)[0]) for d in range(10)}
     img_rows = []
     for i, j in ((first[1], first[7]), (first[3], first[8]), (first[4], first[9])):
         mean, _ = latents.encode(model, x[[i, j]], None)
-        frames = latents.decode(model, latents.slerp(mean[0], mean[1], 8), None)
+        frames = latents.interpolate(model, mean[0], mean[1], 8, None)
         img_rows.append(np.concatenate([x[i : i + 1], frames, x[j : j + 1]]))
     strip(figures / "interpolation-vae-images.png", img_rows)
     picks = list(first.values())
@@ -211,7 +210,10 @@ def run(model_dir: Path, name: str, k: int, k_ood: int, report: Path, figures: P
     stored = json.loads(path.read_text())
     stored.setdefault("quality", {})["density"] = {k: round(v, 5) for k, v in measured.items()}
     path.write_text(json.dumps(stored, indent=2) + "\n")
-    report.write_text(markdown(name, measured, aurocs, bpd, k, k_ood, figures, report.parent))
+    latent_prior = "N(0, I)"
+    if card.prior is not None:
+        latent_prior = f"a Gaussian per label (`{card.prior.file}`, the card's `prior`; {card.prior.fitted})"
+    report.write_text(markdown(name, measured, aurocs, bpd, k, k_ood, figures, report.parent, latent_prior))
     write_reports(model_dir / name)
     return measured
 
@@ -233,6 +235,7 @@ def markdown(
     k_ood: int,
     figures: Path,
     docs: Path,
+    latent_prior: str = "N(0, I)",
 ) -> str:
     rel = figures.relative_to(docs) if figures.is_relative_to(docs) else figures
     lines = [
@@ -242,6 +245,7 @@ def markdown(
         "same code the `/score` and `/classify` routes run. Pixels are scored as binary (on at intensity >= 0.5):",
         "the decoder's Bernoulli likelihood is a distribution over binary images, so the bounds are",
         "log-probabilities. Bits per dimension = nats / (784 ln 2).",
+        f"The latent prior p(z | y) in every bound is the one generation samples: {latent_prior}.",
         "",
         "## Test-set likelihood",
         "",
@@ -281,7 +285,8 @@ def markdown(
         "## Latent space",
         "",
         "GAN (top two rows) and VAE (bottom two) between the latents of seeds 1 -> 2 (label 3) and 3 -> 4",
-        "(label 7), spherical interpolation (`POST /v1/models/{name}/interpolate`):",
+        "(label 7), spherical interpolation of the noise the prior maps to latents",
+        "(`POST /v1/models/{name}/interpolate`):",
         "",
         f"![interpolation between seeds]({rel}/interpolation-seeds.png)",
         "",

@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from service.priors import LatentPrior
 from training import checkpoint, nets
-from training.data import N_HELDOUT, N_TRAIN
+from training.data import N_HELDOUT, N_TRAIN, load_split
 from training.distill import STUDENT_STEPS, TEACHER_STEPS
 from training.train import CHECKPOINT_DIR, DiffusionRecipe, lineage, load_unet
 
@@ -202,10 +203,43 @@ def expose_decoder_logits(path: Path, tensor: str, name: str = "logits") -> None
     onnx.save(model, str(path))
 
 
-def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
+VAE_PRIORS = ("fitted", "standard")
+PRIOR_FILE = "prior.npz"
+PRIOR_DRAWS = 8  # posterior samples per training digit the fitted prior sees
+PRIOR_SEED = 0
+
+
+def fit_vae_prior(vae: nets.Vae, draws: int = PRIOR_DRAWS, seed: int = PRIOR_SEED) -> LatentPrior:
+    """A Gaussian per label input fitted (maximum likelihood) to samples of the aggregate
+    posterior: each training digit's q(z | x, y) under its own label, and under the null label
+    for the unconditional row ("ex-post density estimation", Ghosh et al., 2020)."""
+    split = load_split()
+    x = torch.tensor(split.train_x, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(seed)
+    d = vae.decoder.z_dim
+    mean, tril = np.zeros((nets.N_LABELS + 1, d)), np.zeros((nets.N_LABELS + 1, d, d))
+    vae.eval()
+    for row in range(nets.N_LABELS + 1):
+        pick = np.ones(len(x), bool) if row == nets.NULL_LABEL else split.train_y == row
+        xs = x[torch.from_numpy(pick)]
+        with torch.no_grad():
+            mu, logvar = vae.encoder(xs, torch.full((len(xs),), row, dtype=torch.long))
+            eps = torch.randn((draws, *mu.shape), generator=gen)
+            z = (mu + eps * (0.5 * logvar).exp()).reshape(-1, d).double().numpy()
+        mean[row] = z.mean(axis=0)
+        tril[row] = np.linalg.cholesky(np.cov(z, rowvar=False))
+    return LatentPrior(mean, tril)
+
+
+def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR, prior: str = "fitted") -> float:
+    """The decoder (generates), the encoder (scores) and, unless `prior` is "standard", the
+    fitted latent prior both read (`fit_vae_prior`)."""
+    if prior not in VAE_PRIORS:
+        raise ValueError(f"prior must be one of {VAE_PRIORS}, not {prior!r}")
     modules, steps = _load("vae", checkpoint_dir)
-    arch = checkpoint.read_meta(checkpoint_path("vae", checkpoint_dir))["config"].get("vae_arch", "small")
-    vae = nets.Vae(**nets.VAE_ARCHS[arch])
+    path = checkpoint_path("vae", checkpoint_dir)
+    meta = checkpoint.read_meta(path)
+    vae = nets.Vae(**nets.VAE_ARCHS[meta["config"].get("vae_arch", "small")])
     vae.load_state_dict(modules["vae"])
     folder = out / "vae"
     err = _checked_export(
@@ -221,17 +255,31 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
             vae.encoder, _labelled_image_inputs, folder / "encoder.onnx", ["image", "label"], ["mu", "logvar"]
         ),
     )
+    extra: dict[str, Any] = {}
+    description = "Conditional convolutional VAE (Bernoulli likelihood); the decoder generates, the encoder scores."
+    if prior == "fitted":
+        fit_vae_prior(vae).save(folder / PRIOR_FILE)
+        how = f"maximum likelihood on {PRIOR_DRAWS} posterior samples per training digit (seed {PRIOR_SEED})"
+        extra["prior"] = {"file": PRIOR_FILE, "fitted": how}
+        description = (
+            "Conditional convolutional VAE (Bernoulli likelihood) with a Gaussian prior per label fitted to the "
+            "training digits' posteriors; the decoder generates, the encoder scores."
+        )
+    else:
+        (folder / PRIOR_FILE).unlink(missing_ok=True)
     card = _card(
         "vae",
         "vae",
-        "Conditional convolutional VAE (Bernoulli likelihood); the decoder generates, the encoder scores.",
+        description,
         steps,
-        train_options="" if arch == "small" else f" --arch {arch}",
         latent_dim=vae.decoder.z_dim,
         onnx={"file": "model.onnx", "inputs": {"latent": "z", "label": "label"}, "output": "image"},
         encoder={"file": "encoder.onnx", "inputs": {"sample": "image", "label": "label"}, "output": "mu"},
         density=VAE_DENSITY,
+        **extra,
     )
+    export_options = "" if prior == "fitted" else f" --vae-prior {prior}"
+    card["provenance"].update(_provenance(meta, "vae", path, export_options, kept="encoder and decoder weights"))
     _write_card(folder, card)
     return err
 
@@ -299,15 +347,17 @@ def export_distilled(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     return err
 
 
-def _provenance(meta: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
+def _provenance(
+    meta: dict[str, Any], name: str, path: Path, export_options: str = "", kept: str = "EMA and raw weights"
+) -> dict[str, Any]:
     """The card's provenance from the checkpoint's own record: every run its weights went through
     (`history`, oldest first), then its last one."""
     runs = lineage(meta, path)
     notes = "".join(f" {run['note']}." for run in runs if "note" in run)
     return {
         "command": " && ".join(_run_command(run) for run in runs)
-        + f" && genserve export {name} && genserve eval {name}",
-        "notes": f"Weights: {path} (safetensors, EMA and raw weights; resume with "
+        + f" && genserve export {name}{export_options} && genserve eval {name}",
+        "notes": f"Weights: {path} (safetensors, {kept}; resume with "
         f"--resume-from). Runs are bounded by wall time; the checkpoint records the steps reached.{notes}",
     }
 
@@ -322,11 +372,13 @@ def _run_command(run: dict[str, Any]) -> str:
         )
     verb = "distill" if cfg["family"] == "distilled" else f"train {cfg['family']}"
     options = [
-        f"--run {cfg['run']}",
+        *([f"--run {cfg['run']}"] if cfg["run"] != "None" else []),  # None: the family's own name
         f"--steps {cfg['steps']}",
         f"--batch-size {cfg['batch_size']}",
         f"--lr {cfg['lr']}",
     ]
+    if cfg["family"] == "vae" and cfg.get("vae_arch", "small") != "small":
+        options.append(f"--arch {cfg['vae_arch']}")
     if cfg.get("lr_decay") == "True":
         options.append("--lr-decay")
     if cfg.get("label_dropout", "0.1") != "0.1":

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy.special import log_expit
-from scipy.stats import norm
+from scipy.stats import multivariate_normal, norm
 
 from service import density, latents
 from service.generators import generate_latent
@@ -36,8 +36,9 @@ def digits(vae: LoadedModel) -> tuple[np.ndarray, np.ndarray]:
 def test_a_one_sample_bound_equals_the_log_weight_computed_directly(
     vae: LoadedModel, digits: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    """IWAE with k = 1 is log p(x|z,y) + log p(z) - log q(z|x,y) at z = mu + sigma * eps, eps
-    from the image's own noise source: recomputed here with scipy's densities."""
+    """IWAE with k = 1 is log p(x|z,y) + log p(z|y) - log q(z|x,y) at z = mu + sigma * eps, eps
+    from the image's own noise source: recomputed here with scipy's densities (the prior: the
+    Gaussian the card names)."""
     x, y = digits[0][:3], 4
     got = density.log_bounds(vae, x, [y], k=1, seed=11).iwae[:, 0]
     mu, logvar = density.posterior(vae, x, np.full(3, y))
@@ -48,7 +49,9 @@ def test_a_one_sample_bound_equals_the_log_weight_computed_directly(
         logits = density.decoder_logits(vae, z[None].astype(np.float32), np.array([y])).ravel().astype(np.float64)
         on = ((x[i].ravel() + 1) / 2 >= 0.5).astype(np.float64)
         log_px = (on * log_expit(logits) + (1 - on) * log_expit(-logits)).sum()
-        want = log_px + norm.logpdf(z).sum() - norm.logpdf(z, mu[i], sigma).sum()
+        tril = vae.prior.scale_tril[y]  # type: ignore[union-attr]
+        log_pz = multivariate_normal(vae.prior.mean[y], tril @ tril.T).logpdf(z)  # type: ignore[union-attr]
+        want = log_px + log_pz - norm.logpdf(z, mu[i], sigma).sum()
         assert got[i] == pytest.approx(want, abs=1e-3)
 
 
@@ -106,8 +109,8 @@ def test_slerp_keeps_its_endpoints_and_the_norm_of_equal_norm_latents() -> None:
 @pytest.mark.parametrize("family", ["gan", "vae"])
 def test_a_seeds_first_frame_is_the_image_generate_gives_for_that_seed(family: str) -> None:
     model = load_model(SHIPPED / family, device="cpu")
-    a, b = latents.seed_latent(model, 7), latents.seed_latent(model, 8)
-    frames = latents.decode(model, latents.slerp(a, b, 5), 2)
+    a, b = latents.seed_latent(model, 7, 2), latents.seed_latent(model, 8, 2)
+    frames = latents.interpolate(model, a, b, 5, 2)
     want = generate_latent(model, [LatentJob(7, 1, 2), LatentJob(8, 1, 2)])
     np.testing.assert_allclose(frames[0], want[0][0], atol=1e-5)
     np.testing.assert_allclose(frames[-1], want[1][0], atol=1e-5)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from service.cards import load_card
 from service.registry import load_model
 from training import export, nets
+from training.data import load_split
 from training.train import TRAINERS, default_config
 
 
@@ -81,7 +83,8 @@ def test_a_fine_tuned_diffusion_card_names_every_run_its_weights_went_through(
     export.EXPORTERS["diffusion"](tmp_path / "out", tuned_dir)
     provenance = load_card(tmp_path / "out" / "diffusion").provenance
     assert provenance.training_steps == 5
-    assert provenance.command.startswith("genserve train diffusion --run None --steps 2 --batch-size 8 --lr 0.0006")
+    # the default run name (the family's) is no option to type
+    assert provenance.command.startswith("genserve train diffusion --steps 2 --batch-size 8 --lr 0.0006 (reached")
     assert (
         f"--steps 4 --batch-size 8 --lr 0.0001 --lr-decay --label-dropout 0.3 --resume-from {weights} (reached step 4)"
         in provenance.command
@@ -105,8 +108,42 @@ def test_a_vae_of_another_shape_resumes_exports_and_names_its_shape(tmp_path: Pa
     assert any(isinstance(m, nets.ConvRes) for m in resumed.modules["vae"].modules())
     assert export.EXPORTERS["vae"](tmp_path, ckpt) < export.PARITY_ATOL
     card = load_card(tmp_path / "vae")
-    assert card.provenance.command.startswith("genserve train vae --arch res --steps 3 && genserve export vae")
+    # Both runs its weights went through, each with the shape it trained
+    runs = card.provenance.command.split(" && ")
+    assert [r.split(" (reached")[0] for r in runs[:2]] == [
+        "genserve train vae --steps 2 --batch-size 8 --lr 0.001 --arch res",
+        "genserve train vae --steps 3 --batch-size 8 --lr 0.001 --arch res",
+    ]
+    assert runs[2:] == ["genserve export vae", "genserve eval vae"]
     assert load_model(tmp_path / "vae", device="cpu").card.latent_dim == 16
+
+
+def test_a_vae_exports_the_prior_fitted_to_its_training_posteriors(trained_checkpoints: Path, tmp_path: Path) -> None:
+    export.export_vae(tmp_path, trained_checkpoints)
+    card = load_card(tmp_path / "vae")
+    assert card.prior is not None and card.prior.file == export.PRIOR_FILE
+    prior = load_model(tmp_path / "vae", device="cpu").prior
+    assert prior is not None and prior.rows == nets.N_LABELS + 1
+    # Row y is fitted to label y's training digits encoded under y: its mean is their posterior
+    # means' average (up to the sampling noise of 8 draws per digit), its covariance their spread.
+    modules, _ = export._load("vae", trained_checkpoints)
+    vae = nets.Vae()
+    vae.load_state_dict(modules["vae"])
+    split = load_split()
+    for y in (0, 7, nets.NULL_LABEL):
+        pick = split.train_y == y if y != nets.NULL_LABEL else np.ones(len(split.train_y), bool)
+        with torch.no_grad():
+            mu, logvar = vae.encoder(torch.tensor(split.train_x[pick]), torch.full((int(pick.sum()),), y))
+        spread = mu.numpy().var(axis=0) + logvar.exp().numpy().mean(axis=0)  # the aggregate posterior's
+        np.testing.assert_allclose(prior.mean[y], mu.numpy().mean(axis=0), atol=4 * np.sqrt(spread.max() / pick.sum()))
+        cov = prior.scale_tril[y] @ prior.scale_tril[y].T
+        np.testing.assert_allclose(np.diag(cov), spread, rtol=0.2)
+    # --vae-prior standard: N(0, I), no prior file, and the card's command says so.
+    export.export_vae(tmp_path, trained_checkpoints, prior="standard")
+    card = load_card(tmp_path / "vae")
+    assert card.prior is None and not (tmp_path / "vae" / export.PRIOR_FILE).exists()
+    assert "genserve export vae --vae-prior standard &&" in card.provenance.command
+    assert np.array_equal(load_model(tmp_path / "vae", device="cpu").prior.scale_tril[3], np.eye(16))  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("family", "arch"), [("vae", "base"), ("diffusion", "res")])
