@@ -94,7 +94,7 @@ def test_a_malformed_prior_is_refused(change, message: str) -> None:  # type: ig
 
 @pytest.fixture
 def shifted_vae(tmp_path: Path) -> Path:
-    """The shipped VAE folder with a prior of our own: means far from 0, one factor per label."""
+    """The shipped VAE folder with a prior of our own: random means and factors, one per label input."""
     folder = tmp_path / "vae"
     shutil.copytree(SHIPPED / "vae", folder)
     card = json.loads((folder / "model.json").read_text())
