@@ -99,9 +99,7 @@ def _checked_export(
     return err
 
 
-def _card(
-    name: str, family: str, description: str, steps: int, train_options: str = "", **extra: Any
-) -> dict[str, Any]:
+def _card(name: str, family: str, description: str, steps: int, **extra: Any) -> dict[str, Any]:
     card: dict[str, Any] = {
         "name": name,
         "family": family,
@@ -112,8 +110,7 @@ def _card(
         "provenance": {
             "data": DATA,
             "training_steps": steps,
-            "command": f"genserve train {family}{train_options} --steps {steps} && genserve export {family}"
-            f" && genserve eval {name}",
+            "command": f"genserve train {family} --steps {steps} && genserve export {family} && genserve eval {name}",
         },
         "quality": {},
     }
@@ -140,16 +137,16 @@ def checkpoint_path(name: str, checkpoint_dir: Path) -> Path:
     raise FileNotFoundError(f"no checkpoint for {name!r} in {checkpoint_dir}/ or {WEIGHTS_DIR}/; train it first")
 
 
-def _load(name: str, checkpoint_dir: Path) -> tuple[dict[str, Any], int]:
+def _load(name: str, checkpoint_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checkpoint's modules' weights (optimiser state left out) and its metadata."""
     path = checkpoint_path(name, checkpoint_dir)
     tensors = checkpoint.load_tensors(path)
     modules = {k.split("/", 1)[0] for k in tensors if not k.startswith(checkpoint.OPTIM)}
-    meta = checkpoint.read_meta(path)
-    return {m: checkpoint.module_state(tensors, m) for m in modules}, int(meta["step"])
+    return {m: checkpoint.module_state(tensors, m) for m in modules}, checkpoint.read_meta(path)
 
 
 def export_gan(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
-    modules, steps = _load("gan", checkpoint_dir)
+    modules, meta = _load("gan", checkpoint_dir)
     gen = nets.GanGenerator()
     gen.load_state_dict(modules["ema"])
     folder = out / "gan"
@@ -158,7 +155,7 @@ def export_gan(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
         "gan",
         "gan",
         "Conditional DCGAN (hinge loss, spectral-norm projection discriminator, EMA generator) on 28x28 digits.",
-        steps,
+        int(meta["step"]),
         latent_dim=gen.z_dim,
         onnx={"file": "model.onnx", "inputs": {"latent": "z", "label": "label"}, "output": "image"},
     )
@@ -236,9 +233,7 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR, prior: str = "f
     fitted latent prior both read (`fit_vae_prior`)."""
     if prior not in VAE_PRIORS:
         raise ValueError(f"prior must be one of {VAE_PRIORS}, not {prior!r}")
-    modules, steps = _load("vae", checkpoint_dir)
-    path = checkpoint_path("vae", checkpoint_dir)
-    meta = checkpoint.read_meta(path)
+    modules, meta = _load("vae", checkpoint_dir)
     vae = nets.Vae(**nets.VAE_ARCHS[meta["config"].get("vae_arch", "small")])
     vae.load_state_dict(modules["vae"])
     folder = out / "vae"
@@ -256,22 +251,19 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR, prior: str = "f
         ),
     )
     extra: dict[str, Any] = {}
-    description = "Conditional convolutional VAE (Bernoulli likelihood); the decoder generates, the encoder scores."
+    fitted = ""
     if prior == "fitted":
         fit_vae_prior(vae).save(folder / PRIOR_FILE)
         how = f"maximum likelihood on {PRIOR_DRAWS} posterior samples per training digit (seed {PRIOR_SEED})"
         extra["prior"] = {"file": PRIOR_FILE, "fitted": how}
-        description = (
-            "Conditional convolutional VAE (Bernoulli likelihood) with a Gaussian prior per label fitted to the "
-            "training digits' posteriors; the decoder generates, the encoder scores."
-        )
+        fitted = " with a Gaussian prior per label fitted to the training digits' posteriors"
     else:
         (folder / PRIOR_FILE).unlink(missing_ok=True)
     card = _card(
         "vae",
         "vae",
-        description,
-        steps,
+        f"Conditional convolutional VAE (Bernoulli likelihood){fitted}; the decoder generates, the encoder scores.",
+        int(meta["step"]),
         latent_dim=vae.decoder.z_dim,
         onnx={"file": "model.onnx", "inputs": {"latent": "z", "label": "label"}, "output": "image"},
         encoder={"file": "encoder.onnx", "inputs": {"sample": "image", "label": "label"}, "output": "mu"},
@@ -279,6 +271,7 @@ def export_vae(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR, prior: str = "f
         **extra,
     )
     export_options = "" if prior == "fitted" else f" --vae-prior {prior}"
+    path = checkpoint_path("vae", checkpoint_dir)
     card["provenance"].update(_provenance(meta, "vae", path, export_options, kept="encoder and decoder weights"))
     _write_card(folder, card)
     return err
