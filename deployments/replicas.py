@@ -234,10 +234,8 @@ class _Replica:
         return answer
 
     async def check_health(self) -> None:
-        """Serve's replica health check (every few seconds): also re-sets the gauges that change
-        only with configuration, so they are exported however early they were first set."""
+        """Serve's replica health check (every few seconds): also reads the replica's memory."""
         await self.probe()
-        self.metrics.provider(self.model.onnx.provider)
         self.metrics.memory()
 
 

@@ -12,6 +12,8 @@ a ladder of rates for latency at equal offered load. Peers:
 - window:    genserve whose GAN batches wait up to 5 ms for company (a fixed window, as Serve's
              `@serve.batch` does), against genserve's default of no wait while a slot is free
 - reqlevel:  genserve with request-level diffusion batching (`loadtests/variants.py`)
+- inline-metrics: genserve recording each metric with Ray as it happens, on the request's own
+             thread (before `deployments.metrics.Recorder`; saturation only)
 - empty:     genserve's route shape with no model work, and plain uvicorn likewise: the stack ceilings
 - all-models: genserve serving every model in exported/, as `make serve` does (saturation only):
              what the idle replicas of the other models cost the two under test
@@ -291,7 +293,7 @@ def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from deployments.app import build_apps, model_deployment_name
     from loadtests.flops import flops_per_row, matmul_peak
-    from loadtests.variants import empty_app, request_level_app
+    from loadtests.variants import empty_app, inline_metrics_app, request_level_app
     from service.settings import Settings
 
     seconds = 3.0 if args.quick else args.seconds
@@ -389,6 +391,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 build_apps({**base_args, "deployment_options": window}),
             ),
             (Peer("reqlevel", "genserve, request-level diffusion batching", ("mixed",)), request_level_app(base_args)),
+            (
+                Peer(
+                    "inline-metrics",
+                    "genserve handing each metric record to Ray as it is made, on the request's thread",
+                    ("gan-1", "diffusion-20"),
+                    saturation_only=True,
+                ),
+                inline_metrics_app(base_args),
+            ),
             (
                 Peer("empty", "genserve route shape, no model work", ("gan-1",), saturation_only=True),
                 empty_app(base_args),

@@ -78,6 +78,13 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             every[w] = _div(all_models.images_per_s, mine.images_per_s)
     if every:
         out["all-models/genserve"] = every  # < 1: what the idle replicas of the other models cost
+    buffered = {}
+    for w in ("gan-1", "diffusion-20"):
+        mine, inline = _sat(report, "genserve", w), _sat(report, "inline-metrics", w)
+        if mine and inline:
+            buffered[w] = _div(mine.images_per_s, inline.images_per_s)
+    if buffered:
+        out["recorder/inline-metrics"] = buffered  # > 1: what keeping metric records in Python buys
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
     out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
     gan, empty, plain_empty = (

@@ -12,7 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-PEER_ORDER = ("genserve", "plain", "triton", "nobatch", "window", "reqlevel", "empty", "plain-empty", "all-models")
+PEER_ORDER = (
+    "genserve",
+    "plain",
+    "triton",
+    "nobatch",
+    "window",
+    "reqlevel",
+    "inline-metrics",
+    "empty",
+    "plain-empty",
+    "all-models",
+)
 
 
 def _f(x: float | None, digits: int = 1) -> str:
@@ -276,6 +287,17 @@ def findings(report: dict[str, Any]) -> list[str]:
             "few models on a small machine should serve only those (a model directory holding just their folders).",
             "",
         ]
+    buffered = r.get("recorder/inline-metrics") or {}
+    if buffered:
+        lines += [
+            "**Metrics off the request path.** Ray's metric record call leaves the GIL and must take it back, "
+            "which on a replica whose other threads run Python (PNG encoding, batching) waits for them "
+            "(`python -m loadtests.metrics_cost`). genserve keeps each record in Python and hands them to Ray "
+            "from a thread of its own once a second (`deployments.metrics.Recorder`); against the same replicas "
+            "recording with Ray as each request and network call happens (peer `inline-metrics`), images/s at "
+            "saturation: " + ", ".join(f"{_f(v, 2)}x for {k}" for k, v in buffered.items()) + ".",
+            "",
+        ]
     return lines
 
 
@@ -291,6 +313,10 @@ def _p99_worst(key: str) -> Callable[[dict[str, Any]], float | None]:
         return at_worst[1] if at_worst else None
 
     return worst
+
+
+def _buffered_metrics(workload: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda r: (r.get("recorder/inline-metrics") or {}).get(workload)
 
 
 def _every_model(workload: str) -> Callable[[dict[str, Any]], float | None]:
@@ -326,6 +352,7 @@ HEADLINE: list[tuple[str, Callable[[dict[str, Any]], float | None]]] = [
     ),
     ("every shipped model served / the two under test, GAN 1 image", _every_model("gan-1")),
     ("every shipped model served / the two under test, diffusion 20 steps", _every_model("diffusion-20")),
+    ("metric records kept in Python / recorded with Ray inline, GAN 1 image", _buffered_metrics("gan-1")),
 ]
 
 

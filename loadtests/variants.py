@@ -4,6 +4,9 @@
   batching works: a batch is formed from the requests waiting, split into groups with equal
   steps and sampler, and each group runs to its last step before the next batch is formed.
   A request arriving meanwhile waits for the whole batch.
+- `InlineMetricsLatent`, `InlineMetricsDiffusion`: each metric record handed to Ray's metrics
+  as it is made, on the thread that made it, as replicas did before `deployments.metrics.Recorder`
+  kept records in Python for a thread of their own.
 - `EmptyReplica`: the same route shape (HAProxy, then the replica's own HTTP edge: validation,
   auth, limits, metrics) with no model work: it answers every request with blank PNGs. Its
   requests/s is the serving stack's ceiling.
@@ -19,9 +22,10 @@ import numpy as np
 from ray import serve
 
 from deployments.app import ServedApp, build_apps
-from deployments.metrics import ModelMetrics
+from deployments.metrics import ModelMetrics, Recorder
 from deployments.replicas import DiffusionReplica, LatentModelReplica, ReplicaClass
 from deployments.routes import Images
+from service import metrics as names
 from service.images import encode_pngs, png_bytes
 from service.jobs import DiffusionJob, Job
 from service.scheduler import StepScheduler
@@ -52,6 +56,31 @@ class RequestLevelDiffusion(DiffusionReplica):
         return [r for r in results if r is not None]
 
 
+class InlineRecorder(Recorder):
+    """Hands each record to Ray as it is made, on the recording thread."""
+
+    def inc(self, spec: names.MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self.metrics[spec.name].inc(value, tags=tags)
+
+    def observe(self, spec: names.MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self.metrics[spec.name].observe(value, tags=tags)
+
+    def set(self, spec: names.MetricSpec, value: float, tags: dict[str, str]) -> None:
+        self.metrics[spec.name].set(value, tags=tags)
+
+
+class InlineMetricsLatent(LatentModelReplica):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics = ModelMetrics(self.model.name, self.card.family, InlineRecorder(names.ALL))
+
+
+class InlineMetricsDiffusion(DiffusionReplica):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.metrics = ModelMetrics(self.model.name, self.card.family, InlineRecorder(names.ALL))
+
+
 class EmptyReplica(LatentModelReplica):
     """Answers with blank images of the card's shape; runs no network for a request."""
 
@@ -63,6 +92,11 @@ class EmptyReplica(LatentModelReplica):
 
 def request_level_app(args: dict[str, Any]) -> list[ServedApp]:
     return build_apps(args, {"diffusion": RequestLevelDiffusion})
+
+
+def inline_metrics_app(args: dict[str, Any]) -> list[ServedApp]:
+    latent = cast(type[ReplicaClass], InlineMetricsLatent)
+    return build_apps(args, {"gan": latent, "vae": latent, "diffusion": InlineMetricsDiffusion})
 
 
 def empty_app(args: dict[str, Any]) -> list[ServedApp]:

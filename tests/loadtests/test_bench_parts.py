@@ -103,6 +103,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
             "empty": {"about": "e", "results": {"gan-1": _entry(100.0, 0.1, ())}},
             "plain-empty": {"about": "pe", "results": {"gan-1": _entry(1000.0, 0.1, ())}},
             "all-models": {"about": "a", "results": {"gan-1": _entry(60.0, 0.1, ())}},
+            "inline-metrics": {"about": "i", "results": {"gan-1": _entry(64.0, 0.1, ())}},
         },
     }  # fmt: skip
     r = ratios(report)
@@ -116,6 +117,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert r["step/request-level/mixed"]["p50_10_step_lower_by"][str(mixed_rates[0])] == pytest.approx(5.0)
     assert r["diffusion_flops"]["fraction_of_peak"] == pytest.approx(20 * 20 * 250 / 1e3 / 200)
     assert r["all-models/genserve"] == {"gan-1": pytest.approx(0.75)}
+    assert r["recorder/inline-metrics"] == {"gan-1": pytest.approx(1.25)}
     report["ratios"] = r
     text = markdown(report)
     assert "| GAN requests/s / empty-deployment requests/s: >= 0.8 | 0.80 | met |" in text
@@ -128,6 +130,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
     )
     assert "| images/s at saturation, genserve / triton, mixed: >= 1 | – | not measured |" in text
     assert "0.75 of the two-model figure for gan-1" in text
+    assert "(peer `inline-metrics`), images/s at saturation: 1.25x for gan-1." in text
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
 
