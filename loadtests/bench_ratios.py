@@ -37,6 +37,16 @@ def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _saturation_ratios(report: dict[str, Any], peer: str, other: str) -> dict[str, float | None]:
+    """images/s at saturation, `peer` / `other`, for the workloads both ran."""
+    out = {}
+    for w in ("gan-1", "diffusion-20"):
+        a, b = _sat(report, peer, w), _sat(report, other, w)
+        if a and b:
+            out[w] = _div(a.images_per_s, b.images_per_s)
+    return out
+
+
 def ratios(report: dict[str, Any]) -> dict[str, Any]:
     """Every ratio the issue asks for; > 1 means genserve (or step-level) is better."""
     out: dict[str, Any] = {}
@@ -71,18 +81,10 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             "p50_10_step_lower_by": p50_10,
             "p99_10_step_lower_by": p99_10,
         }
-    every = {}
-    for w in ("gan-1", "diffusion-20"):
-        mine, all_models = _sat(report, "genserve", w), _sat(report, "all-models", w)
-        if mine and all_models:
-            every[w] = _div(all_models.images_per_s, mine.images_per_s)
+    every = _saturation_ratios(report, "all-models", "genserve")
     if every:
         out["all-models/genserve"] = every  # < 1: what the idle replicas of the other models cost
-    buffered = {}
-    for w in ("gan-1", "diffusion-20"):
-        mine, inline = _sat(report, "genserve", w), _sat(report, "inline-metrics", w)
-        if mine and inline:
-            buffered[w] = _div(mine.images_per_s, inline.images_per_s)
+    buffered = _saturation_ratios(report, "genserve", "inline-metrics")
     if buffered:
         out["recorder/inline-metrics"] = buffered  # > 1: what keeping metric records in Python buys
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
