@@ -1,7 +1,7 @@
 """Starting, polling and stopping the servers a load test drives: one place for the bench, chaos,
 scale-out and the integration tests.
 
-- `free_port()`: a free loopback port;
+- `free_port()`: a free loopback port, outside the kernel's ephemeral range;
 - `wait_http(url)`: polls until a URL answers 200;
 - `process(cmd, ready_url)`: a peer server in a subprocess, for the duration of a `with`;
 - `genserve(...)`: genserve on a local Ray (HAProxy, then the model replicas), on loopback, for the
@@ -12,6 +12,7 @@ scale-out and the integration tests.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,11 +30,36 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Ports handed out here lie above Ray's worker ports (10002-19999 by default), below Serve's
+# direct-ingress replica ports (30000-31000) and the kernel's ephemeral range: a port the kernel
+# picked (bind to 0) is free only until some other process's outgoing connection or listener
+# takes it, which once left a Ray node's metrics agent with "address already in use" while
+# another Ray ran beside it. Nothing takes ports from here unasked, so a port found free stays
+# free until the caller binds it.
+PORT_RANGE_START = 20000
+PORT_RANGE_END = 30000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on loopback, outside the kernel's ephemeral range (drawn at random, so two
+    callers rarely draw the same one)."""
+    end = min(PORT_RANGE_END, _ephemeral_start())
+    for _ in range(200):
+        port = random.randrange(PORT_RANGE_START, end)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {PORT_RANGE_START}-{end - 1}")
 
 
 def wait_http(url: str, timeout_s: float = 120.0) -> None:

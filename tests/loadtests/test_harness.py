@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -39,3 +40,12 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_free_ports_lie_outside_the_kernels_ephemeral_range_and_bind() -> None:
+    ports = {harness.free_port() for _ in range(20)}
+    end = min(harness.PORT_RANGE_END, harness._ephemeral_start())
+    assert all(harness.PORT_RANGE_START <= p < end for p in ports), ports
+    assert len(ports) > 1  # drawn at random, not the same port each time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))  # free when handed out
