@@ -5,7 +5,7 @@ record call leaves the GIL and must take it back, and on a replica whose other t
 Python (PNG encoding, batching) that costs the caller up to a switch interval each time
 (`python -m loadtests.metrics_cost`: about 4 us alone, about 30 us beside a thread encoding PNGs,
 against about 1 us to keep a record here). Ten records per 1-image GAN request, made on the
-event loop, held its throughput back by a fifth (docs/benchmarks.md).
+event loop, held its throughput back by a quarter (docs/benchmarks.md, peer `inline-metrics`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from ray.util import metrics as ray_metrics
 from service import metrics as names
 from service.stats import RequestStats, StepStats
 
-FLUSH_S = 1.0  # Ray's own export runs every few seconds: a second's delay here is not seen
+FLUSH_S = 1.0  # next to Ray's export interval (RAY_metrics_report_interval_ms, 10 s by default)
 Tags = frozenset[tuple[str, str]]
 
 
