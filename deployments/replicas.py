@@ -370,7 +370,7 @@ class DiffusionReplica(_Replica):
         self.metrics.queue_depth(self.scheduler.queued_lanes)
 
     def probe_job(self) -> Job:
-        return DiffusionJob(seed=0, n=1, steps=1, label=None if self.card.null_label is not None else 0)
+        return DiffusionJob(seed=0, n=1, steps=1, label=None if self.card.null_label is not None else 0, probe=True)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The work this replica holds, for `deployments.autoscaling.QueuedWorkPolicy` (Serve calls
@@ -431,7 +431,7 @@ class TextToImageReplica(DiffusionReplica):
         return await self.scheduler.run_off_loop(pipeline.decode, images)
 
     def probe_job(self) -> Job:
-        return DiffusionJob(seed=0, n=1, steps=1, prompt="", guidance=1.0)
+        return DiffusionJob(seed=0, n=1, steps=1, prompt="", guidance=1.0, probe=True)
 
 
 ReplicaClass = LatentModelReplica | DiffusionReplica

@@ -76,6 +76,10 @@ class DiffusionJob:
     prompt: str | None = None
     negative_prompt: str = ""
     size: tuple[int, int] | None = None
+    # A replica's health probe (1 image, 1 step): admitted while the queue has room but promised
+    # nothing, so it never makes a request wait or be refused; short lanes run first, so it
+    # finishes at the next iteration anyway.
+    probe: bool = False
 
     @property
     def rows(self) -> int:

@@ -214,7 +214,7 @@ class StepScheduler:
                 f"limit {self.max_queued_lanes}, this request adds {job.n}"
             )
         now = time.monotonic()
-        if job.deadline is None:
+        if job.deadline is None or job.probe:
             return None
         budget = job.deadline - now
         steps = job.steps - job.start

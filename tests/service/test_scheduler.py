@@ -289,6 +289,36 @@ def test_a_lone_long_lane_is_not_promised_a_full_batchs_pace(model: LoadedModel)
     run(scenario())
 
 
+def test_a_queued_health_probe_promises_nothing_so_it_refuses_no_request(model: LoadedModel) -> None:
+    """A replica whose pace reads slow (a warm-up timed while the machine was busy): a 200-step
+    image is costed at about 13 s, which its 60 s deadline allows. A queued 1-step request with a
+    10 s deadline holds it to that and refuses it; a health probe with the same deadline does not
+    (CI once saw a replica refuse the first request after /readyz because of its own probe)."""
+
+    async def scenario(probe: bool) -> bool:
+        """Whether the 200-step request is refused while the 1-step one is queued."""
+        s = StepScheduler(model, max_batch=64)
+        small = DiffusionJob(seed=1, n=1, steps=1, deadline=time.monotonic() + 10.0, probe=probe)
+        queued = asyncio.ensure_future(s.submit(small))
+        await asyncio.sleep(0)
+        assert s.queued_lanes == 1
+        measured(s, (64, 0.064))  # after the queued lane's first real call, as a busy warm-up left it
+        user = DiffusionJob(seed=0, n=1, steps=200, deadline=time.monotonic() + 60.0)
+        assert s.estimated_wait(user) == pytest.approx(12.8)
+        try:
+            s._admit(user)
+            refused = False
+        except Overloaded as e:
+            assert "should finish" in e.message
+            refused = True
+        await queued
+        await s.close()
+        return refused
+
+    assert run(scenario(probe=False))  # a request's promise binds
+    assert not run(scenario(probe=True))  # a probe's does not
+
+
 def test_the_warm_up_times_one_lane_and_a_full_batch_and_a_slow_spell_refuses_nothing_for_good(
     model: LoadedModel,
 ) -> None:
