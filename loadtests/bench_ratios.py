@@ -87,6 +87,9 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     buffered = _saturation_ratios(report, "genserve", "inline-metrics")
     if buffered:
         out["recorder/inline-metrics"] = buffered  # > 1: what keeping metric records in Python buys
+    housekeeping = _saturation_ratios(report, "genserve", "ray-defaults")
+    if housekeeping:
+        out["housekeeping/ray-defaults"] = housekeeping  # > 1: what genserve's Serve settings buy
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
     out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
     gan, empty, plain_empty = (

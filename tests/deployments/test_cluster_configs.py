@@ -102,7 +102,13 @@ def test_every_node_runs_the_serve_mode_that_was_benchmarked() -> None:
         line.split("=", 1) for line in (ROOT / "docker" / "serve.env").read_text().splitlines() if "=" in line
     )
     local = ray_environment(loopback=False)
-    for key in ("RAY_SERVE_ENABLE_HA_PROXY", "RAY_SERVE_THROUGHPUT_OPTIMIZED", "GENSERVE_MAX_BODY_BYTES"):
+    for key in (
+        "RAY_SERVE_ENABLE_HA_PROXY",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED",
+        "GENSERVE_MAX_BODY_BYTES",
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED",
+    ):
         assert shipped[key] == local[key], key
     assert shipped["RAY_SERVE_HAPROXY_BINARY_PATH"] == "/app/deployments/haproxy/haproxy-genserve"
     assert (ROOT / "deployments" / "haproxy" / "haproxy-genserve").stat().st_mode & 0o111

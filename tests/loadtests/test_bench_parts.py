@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from loadtests.bench import WORKLOADS, genserve_call, triton_call
+from loadtests.bench import SERVE_HOUSEKEEPING_DEFAULTS, WORKLOADS, genserve_call, triton_call
 from loadtests.bench_ratios import ratios
 from loadtests.bench_report import LATENCY_FIGURE, headline, markdown, plot_latency
 from loadtests.flops import flops_per_row
@@ -104,6 +105,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
             "plain-empty": {"about": "pe", "results": {"gan-1": _entry(1000.0, 0.1, ())}},
             "all-models": {"about": "a", "results": {"gan-1": _entry(60.0, 0.1, ())}},
             "inline-metrics": {"about": "i", "results": {"gan-1": _entry(64.0, 0.1, ())}},
+            "ray-defaults": {"about": "d", "results": {"gan-1": _entry(50.0, 0.1, ())}},
         },
     }  # fmt: skip
     r = ratios(report)
@@ -118,6 +120,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert r["diffusion_flops"]["fraction_of_peak"] == pytest.approx(20 * 20 * 250 / 1e3 / 200)
     assert r["all-models/genserve"] == {"gan-1": pytest.approx(0.75)}
     assert r["recorder/inline-metrics"] == {"gan-1": pytest.approx(1.25)}
+    assert r["housekeeping/ray-defaults"] == {"gan-1": pytest.approx(1.6)}
     report["ratios"] = r
     text = markdown(report)
     assert "| GAN requests/s / empty-deployment requests/s: >= 0.8 | 0.80 | met |" in text
@@ -131,6 +134,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert "| images/s at saturation, genserve / triton, mixed: >= 1 | – | not measured |" in text
     assert "0.75 of the two-model figure for gan-1" in text
     assert "(peer `inline-metrics`), images/s at saturation: 1.25x for gan-1." in text
+    assert "images/s at saturation: 1.60x for gan-1." in text
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
 
@@ -143,6 +147,22 @@ def test_the_readme_benchmark_table_is_the_committed_runs() -> None:
     table = "\n".join(headline(before, after))
     assert table in (ROOT / "README.md").read_text()
     assert table in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_the_ray_defaults_peer_undoes_exactly_what_genserve_changes_in_serves_housekeeping() -> None:
+    """The `ray-defaults` peer's settings are Serve's own defaults (read from Serve with the
+    variables unset) for settings genserve sets to something else."""
+    from deployments.local import ray_environment
+
+    ours = ray_environment()
+    assert set(SERVE_HOUSEKEEPING_DEFAULTS) <= set(ours)
+    assert all(ours[k] != v for k, v in SERVE_HOUSEKEEPING_DEFAULTS.items())
+    env = {k: v for k, v in os.environ.items() if k not in SERVE_HOUSEKEEPING_DEFAULTS}
+    read = "from ray.serve._private import constants as c; print(c.CONTROL_LOOP_INTERVAL_S, int(c.RAY_SERVE_HAPROXY_METRICS_ENABLED))"
+    out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True).stdout
+    interval, metrics = out.split()
+    assert float(interval) == float(SERVE_HOUSEKEEPING_DEFAULTS["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"])
+    assert metrics == SERVE_HOUSEKEEPING_DEFAULTS["RAY_SERVE_HAPROXY_METRICS_ENABLED"]
 
 
 def test_the_report_and_its_latency_figure_are_written_together(tmp_path: Path) -> None:
