@@ -33,6 +33,23 @@ def _step_rate(report: dict[str, Any], peer: str) -> float | None:
     return float(sum(int(tag) * s["images_per_s"] for tag, s in entry["saturation_tags"].items()))
 
 
+# Processes that are not Serve's housekeeping: the model replicas (their deployment names), the
+# request path's proxy and the load generator (`loadtests.bench.process_label`'s labels).
+_NOT_HOUSEKEEPING = ("model-", "haproxy", "loadtests.bench")
+
+
+def _housekeeping_cpu(report: dict[str, Any], peer: str, workload: str) -> float | None:
+    """CPU ms per second, during the saturation run, of every process but the model replicas,
+    HAProxy and the load generator: Ray's and Serve's own (controller, GCS, dashboard, agents,
+    the catalog), which take cores from the replicas whatever the load."""
+    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    if entry is None or "cpu_ms_per_request" not in entry:
+        return None
+    per_request = entry["cpu_ms_per_request"]
+    ms = sum(v for k, v in per_request.items() if not k.startswith(_NOT_HOUSEKEEPING))
+    return float(ms * entry["saturation"]["requests_per_s"])
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -90,6 +107,12 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     housekeeping = _saturation_ratios(report, "genserve", "ray-defaults")
     if housekeeping:
         out["housekeeping/ray-defaults"] = housekeeping  # > 1: what genserve's Serve settings buy
+        cpu = {}
+        for w in housekeeping:
+            ours, serves = _housekeeping_cpu(report, "genserve", w), _housekeeping_cpu(report, "ray-defaults", w)
+            if ours and serves:
+                cpu[w] = {"genserve": ours, "ray-defaults": serves, "ratio": serves / ours}
+        out["housekeeping-cpu/ray-defaults"] = cpu  # ratio > 1: genserve's housekeeping is lighter
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
     out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
     gan, empty, plain_empty = (

@@ -105,7 +105,10 @@ def test_ratios_and_report_from_a_known_report() -> None:
             "plain-empty": {"about": "pe", "results": {"gan-1": _entry(1000.0, 0.1, ())}},
             "all-models": {"about": "a", "results": {"gan-1": _entry(60.0, 0.1, ())}},
             "inline-metrics": {"about": "i", "results": {"gan-1": _entry(64.0, 0.1, ())}},
-            "ray-defaults": {"about": "d", "results": {"gan-1": _entry(50.0, 0.1, ())}},
+            "ray-defaults": {"about": "d", "results": {"gan-1": {
+                **_entry(50.0, 0.1, ()),
+                "cpu_ms_per_request": {"model-gan": 2.0, "haproxy": 0.2, "loadtests.bench": 0.4, "ServeController": 0.5, "other": 0.5},
+            }}},
         },
     }  # fmt: skip
     r = ratios(report)
@@ -121,6 +124,10 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert r["all-models/genserve"] == {"gan-1": pytest.approx(0.75)}
     assert r["recorder/inline-metrics"] == {"gan-1": pytest.approx(1.25)}
     assert r["housekeeping/ray-defaults"] == {"gan-1": pytest.approx(1.6)}
+    # Ray's own processes only (not the replica, HAProxy or the load generator), per second
+    cpu = r["housekeeping-cpu/ray-defaults"]["gan-1"]
+    assert cpu["ray-defaults"] == pytest.approx((0.5 + 0.5) * 50) and cpu["genserve"] == pytest.approx(1.0 * 80)
+    assert cpu["ratio"] == pytest.approx(50 / 80)
     report["ratios"] = r
     text = markdown(report)
     assert "| GAN requests/s / empty-deployment requests/s: >= 0.8 | 0.80 | met |" in text
@@ -134,7 +141,10 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert "| images/s at saturation, genserve / triton, mixed: >= 1 | – | not measured |" in text
     assert "0.75 of the two-model figure for gan-1" in text
     assert "(peer `inline-metrics`), images/s at saturation: 1.25x for gan-1." in text
-    assert "images/s at saturation: 1.60x for gan-1." in text
+    assert (
+        "80 against 50 ms per second for gan-1. Images/s at saturation, genserve / ray-defaults: 1.60x for gan-1"
+        in text
+    )
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
 
