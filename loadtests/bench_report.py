@@ -326,8 +326,8 @@ def findings(report: dict[str, Any]) -> list[str]:
             )
             + ". Images/s at saturation, genserve / ray-defaults: "
             + ", ".join(f"{_f(v, 2)}x for {k}" for k, v in housekeeping.items())
-            + " (the two ran at different times in the run; on this shared machine that moves throughput more "
-            "than the settings do, which the CPU figures separate).",
+            + " (the two ran at different times in the run; on this shared machine when a peer runs can move its "
+            "throughput more than these settings do, so the CPU figures are their measure).",
             "",
         ]
     return lines
