@@ -8,15 +8,21 @@ from typing import Any
 from loadtests.loadgen import Summary
 
 
+def peer_result(report: dict[str, Any], peer: str, workload: str) -> dict[str, Any] | None:
+    """One peer's measurements of one workload in a run's JSON, or None if it did not run it."""
+    entry: dict[str, Any] | None = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    return entry
+
+
 def _sat(report: dict[str, Any], peer: str, workload: str) -> Summary | None:
-    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    entry = peer_result(report, peer, workload)
     return Summary(**entry["saturation"]) if entry else None
 
 
 def _ladder_tag(
     report: dict[str, Any], peer: str, workload: str, rate: float, tag: str | None
 ) -> dict[str, Any] | None:
-    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    entry = peer_result(report, peer, workload)
     for point in entry["ladder"] if entry else []:
         if point["rate"] == rate:
             found: dict[str, Any] | None = point["tags"].get(tag) if tag else point["summary"]
@@ -27,7 +33,7 @@ def _ladder_tag(
 def _step_rate(report: dict[str, Any], peer: str) -> float | None:
     """Mixed workload at saturation: image-steps served per second (a 200-step image counts 20
     times a 10-step one, so a server that finishes only the short requests gains nothing)."""
-    entry = report["peers"].get(peer, {}).get("results", {}).get("mixed")
+    entry = peer_result(report, peer, "mixed")
     if entry is None:
         return None
     return float(sum(int(tag) * s["images_per_s"] for tag, s in entry["saturation_tags"].items()))
@@ -42,7 +48,7 @@ def _housekeeping_cpu(report: dict[str, Any], peer: str, workload: str) -> float
     """CPU ms per second, during the saturation run, of every process but the model replicas,
     HAProxy and the load generator: Ray's and Serve's own (controller, GCS, dashboard, agents,
     the catalog), which take cores from the replicas whatever the load."""
-    entry = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    entry = peer_result(report, peer, workload)
     if entry is None or "cpu_ms_per_request" not in entry:
         return None
     per_request = entry["cpu_ms_per_request"]

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from loadtests.bench_ratios import peer_result, ratios
+
 PEER_ORDER = (
     "genserve",
     "plain",
@@ -196,12 +198,12 @@ def profiles(report: dict[str, Any]) -> list[str]:
 
 
 def _prof(report: dict[str, Any], peer: str, workload: str) -> dict[str, float]:
-    e = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    e = peer_result(report, peer, workload)
     return dict(e.get("cpu_ms_per_request") or {}) if e else {}
 
 
 def _sat_value(report: dict[str, Any], peer: str, workload: str, key: str) -> float | None:
-    e = report["peers"].get(peer, {}).get("results", {}).get(workload)
+    e = peer_result(report, peer, workload)
     return e["saturation"][key] if e else None
 
 
@@ -452,8 +454,6 @@ def write(report: dict[str, Any], before: dict[str, Any] | None, out: Path) -> N
 
 def main() -> None:
     """Re-renders a run's report and figure from its JSON (ratios recomputed), measuring nothing."""
-    from loadtests.bench_ratios import ratios
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("json", type=Path)
     parser.add_argument("out", type=Path)
