@@ -214,6 +214,17 @@ def cpu_profile(fn: Callable[[], list[Outcome]]) -> tuple[list[Outcome], dict[st
     return outcomes, dict(sorted(per.items(), key=lambda kv: -kv[1]))
 
 
+# A latency point runs until at least this many arrivals are due (and never shorter than the
+# saturation point), so its p99 is not just the slowest request: 12 s at 5 diffusion requests/s
+# held 60 requests, whose p99 is whichever one a hiccup of this shared machine hit.
+MIN_POINT_REQUESTS = 200
+
+
+def point_seconds(point_s: float, rate: float, quick: bool) -> float:
+    """How long the open-loop point at `rate` runs (`MIN_POINT_REQUESTS`)."""
+    return point_s if quick else max(point_s, MIN_POINT_REQUESTS / rate)
+
+
 def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
     """Runs every workload of `peer` against `base`: warm-up, closed loop, open-loop ladder;
     the closed loop also records CPU time per served request for each process on the machine."""
@@ -233,9 +244,10 @@ def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
         print(f"  {peer.name:9s} {wname:13s} saturation {entry['saturation']['images_per_s']:8.1f} img/s", flush=True)
         ladder = []
         for rate in () if peer.saturation_only else w.rates:
-            out = asyncio.run(open_loop(base, make, rate, point_s, seed=2, images_of=images_of, timeout_s=120))
+            at_s = point_seconds(point_s, rate, quick)
+            out = asyncio.run(open_loop(base, make, rate, at_s, seed=2, images_of=images_of, timeout_s=120))
             s = summarize(out)
-            ladder.append({"rate": rate, "summary": s.as_dict(), "tags": tag_summaries(out)})
+            ladder.append({"rate": rate, "seconds": at_s, "summary": s.as_dict(), "tags": tag_summaries(out)})
             print(
                 f"  {peer.name:9s} {wname:13s} {rate:6.1f} req/s offered: p99 {s.p99 or 0:.3f}s ok {s.ok}/{s.sent}",
                 flush=True,
@@ -311,7 +323,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "cores": os.cpu_count(),
             "python": platform.python_version(),
         },
-        "settings": {"seconds_per_point": seconds, "concurrency": CONCURRENCY, "ort_threads": ORT_THREADS},
+        "settings": {
+            "seconds_per_point": seconds,
+            "min_requests_per_point": 0 if args.quick else MIN_POINT_REQUESTS,
+            "concurrency": CONCURRENCY,
+            "ort_threads": ORT_THREADS,
+        },
         "workloads": {k: {"about": w.about, "rates": w.rates, "seconds": w.seconds} for k, w in WORKLOADS.items()},
     }
     print("matrix-multiply peak and network FLOPs", flush=True)

@@ -151,6 +151,24 @@ def saturation(report: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _point_length(settings: dict[str, Any]) -> str:
+    """How long an open-loop point runs, as the run's settings say."""
+    least = settings.get("min_requests_per_point", 0)
+    plain = f"{settings['seconds_per_point']:g} s"
+    return f"{plain} or until {least} requests were due, whichever is longer" if least else plain
+
+
+def _point_requests(report: dict[str, Any]) -> str:
+    """The fewest and most requests any open-loop point of the run sent."""
+    sent = [
+        point["summary"]["sent"]
+        for peer in report["peers"].values()
+        for result in peer["results"].values()
+        for point in result.get("ladder", [])
+    ]
+    return f"the {min(sent)} to {max(sent)} requests sent in it" if sent else "the requests sent in it"
+
+
 def ladder(report: dict[str, Any], workload: str) -> list[str]:
     peers = [p for p in _peers(report) if (report["peers"][p]["results"].get(workload) or {}).get("ladder")]
     rows = ["| offered req/s | " + " | ".join(peers) + " |", "|---" * (len(peers) + 1) + "|"]
@@ -476,7 +494,7 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         f"Python {m['python']}, no GPU. Every server ran in turn on the same cores, with the load generator "
         f"(aiohttp, in the bench process) beside it; every peer's ONNX Runtime had {st['ort_threads']} threads. "
         f"Saturation: a closed loop of {st['concurrency']} clients for {st['seconds_per_point']:g} s. "
-        f"Latency: open-loop Poisson arrivals at each rate for {st['seconds_per_point']:g} s, every request "
+        f"Latency: open-loop Poisson arrivals at each rate for {_point_length(st)}, every request "
         "waited for (none dropped). The raw figures are in `docs/benchmarks.json`.",
         "",
         "Peers: " + "; ".join(f"**{p}**: {report['peers'][p]['about']}" for p in _peers(report)) + ".",
@@ -513,9 +531,9 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         "",
         "## Latency at equal offered load (p50 / p95 / p99, ms)",
         "",
-        f"Each point runs {st['seconds_per_point']:g} s (the mixed workload's longer), so a p99 rests on the "
-        "requests sent in it, from a few dozen at the lowest diffusion rate (there it is about the slowest "
-        "request) to about a thousand at 100 GAN requests/s: one slow request moves it.",
+        f"Each point runs {_point_length(st)} (the mixed workload's at least "
+        f"{report['workloads'].get('mixed', {}).get('seconds') or st['seconds_per_point']:g} s), so a p99 rests "
+        f"on {_point_requests(report)}: where they are few, one slow request moves it.",
         "",
         f"![latency against offered load, per peer]({LATENCY_FIGURE})",
         "",

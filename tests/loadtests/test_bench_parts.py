@@ -18,7 +18,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from loadtests.bench import SERVE_HOUSEKEEPING_DEFAULTS, WORKLOADS, genserve_call, triton_call
+from loadtests.bench import (
+    MIN_POINT_REQUESTS,
+    SERVE_HOUSEKEEPING_DEFAULTS,
+    WORKLOADS,
+    genserve_call,
+    point_seconds,
+    triton_call,
+)
 from loadtests.bench_ratios import ratios
 from loadtests.bench_report import LATENCY_FIGURE, headline, markdown, plot_latency
 from loadtests.flops import flops_per_row
@@ -88,7 +95,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
     report: dict[str, Any] = {
         "command": "python -m loadtests.bench",
         "machine": {"cpu": "x86_64", "cores": 2, "python": "3.11"},
-        "settings": {"seconds_per_point": 12, "concurrency": 32, "ort_threads": 2},
+        "settings": {"seconds_per_point": 12, "min_requests_per_point": 200, "concurrency": 32, "ort_threads": 2},
         "workloads": {k: {"about": w.about, "rates": w.rates, "seconds": w.seconds} for k, w in WORKLOADS.items()},
         "compute": {"matmul_gflops": {"numpy": 200.0, "onnxruntime": 100.0}, "diffusion_mflop_per_row": 250.0},
         "library_images_per_s": {"gan": 1000.0},
@@ -147,6 +154,15 @@ def test_ratios_and_report_from_a_known_report() -> None:
     )
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
+    assert "at each rate for 12 s or until 200 requests were due, whichever is longer," in text
+    assert "a p99 rests on the 10 to 10 requests sent in it" in text
+
+
+def test_a_latency_point_runs_long_enough_for_its_p99_to_rest_on_many_requests() -> None:
+    assert point_seconds(12.0, 100.0, quick=False) == 12.0  # 1,200 requests due in 12 s
+    assert point_seconds(12.0, 5.0, quick=False) == pytest.approx(MIN_POINT_REQUESTS / 5.0)
+    assert point_seconds(40.0, 2.0, quick=False) == pytest.approx(max(40.0, MIN_POINT_REQUESTS / 2.0))
+    assert point_seconds(3.0, 2.0, quick=True) == 3.0  # --quick: a smoke run, not figures
 
 
 def test_the_readme_benchmark_table_is_the_committed_runs() -> None:
