@@ -86,7 +86,9 @@ def load_step(
     url: str, model_dir: str, options: dict[str, dict[str, Any]], autoscaling: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Redeploys diffusion with `autoscaling`, then runs CLIENTS closed-loop clients for
-    `args.load_seconds` and waits for the deployment to return to one replica."""
+    `args.load_seconds` (and up to `args.until_upscale` more while one replica runs: on a slow
+    machine a new replica can take longer to start than the step lasts) and waits for the
+    deployment to return to one replica."""
     options = {**options, DIFFUSION: {**options[DIFFUSION], "autoscaling_config": autoscaling}}
     (app,) = [a for a in build_apps({"model_dir": model_dir, "deployment_options": options}) if a.name == DIFFUSION]
     serve.run(app.app, name=app.name, route_prefix=app.route_prefix, blocking=False)  # only diffusion changes
@@ -100,7 +102,9 @@ def load_step(
         c.start()
     up: float | None = None
     peak = 1
-    while time.monotonic() - t_load < args.load_seconds:
+    while (elapsed := time.monotonic() - t_load) < args.load_seconds or (
+        up is None and elapsed < args.load_seconds + args.until_upscale
+    ):
         n = running_replicas(DIFFUSION)
         peak = max(peak, n)
         if n >= 2 and up is None:
@@ -163,7 +167,12 @@ def run(model_dir: str, args: argparse.Namespace) -> dict[str, Any]:
             "nodes": {"head": "2 CPUs, 0 GPUs", "workers": f"{GPU_NODES} x (1 CPU, 1 logical GPU)"},
             "placement": placement,
             "served": served,
-            "load": {"clients": CLIENTS, "request": REQUEST, "seconds": args.load_seconds},
+            "load": {
+                "clients": CLIENTS,
+                "request": REQUEST,
+                "seconds": args.load_seconds,
+                "until_upscale": args.until_upscale,
+            },
             "policies": steps,
         }
     finally:
@@ -203,6 +212,8 @@ def markdown(result: dict[str, Any]) -> str:
     table = "\n".join(f"| {label} | " + " | ".join(f(steps[n]) for n in names) + " |" for label, f in measured)
     load = result["load"]
     request = load["request"]
+    extra = load.get("until_upscale", 0)
+    longer = f" (up to {extra:g} s more until a second replica ran)" if extra else ""
     return f"""# Scale-out on one machine
 
 Command: `python loadtests/scale_out.py --out docs/scale-out.md` (`tests/integration/test_scale_out.py`
@@ -216,7 +227,7 @@ runs it with the queued-work policy only). A Ray cluster of a head ({result["nod
 
 ## Autoscaling: ongoing requests against queued work
 
-`model-diffusion` under one load step: {load["clients"]} closed-loop clients for {load["seconds"]:g} s, each
+`model-diffusion` under one load step: {load["clients"]} closed-loop clients for {load["seconds"]:g} s{longer}, each
 request {request["n"]} images x {request["steps"]} {request["sampler"].upper()} steps; a client refused with a 503 waits
 its Retry-After (or to the end of the step) before the next request, as the API asks. Both runs use min 1, max 3 replicas,
 upscale delay 2 s, downscale delay 5 s, metrics every 1 s over a 3 s window; they differ only in
@@ -254,6 +265,12 @@ def main() -> None:
     parser.add_argument("--json", help="write the JSON summary here")
     parser.add_argument("--policy", choices=["all", "ongoing", "queued"], default="all")
     parser.add_argument("--load-seconds", type=float, default=30)
+    parser.add_argument(
+        "--until-upscale",
+        type=float,
+        default=0,
+        help="keep the load on up to this many seconds past --load-seconds until a second replica runs",
+    )
     parser.add_argument("--downscale-timeout", type=float, default=120)
     args = parser.parse_args()
     result = run(str(Path(args.model_dir).resolve()), args)

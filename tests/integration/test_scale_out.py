@@ -18,9 +18,11 @@ def test_replicas_land_on_gpu_nodes_and_diffusion_autoscales_on_queued_work(tmp_
     """The queued-work policy in real Serve: replicas report their backlog, the controller scales
     the diffusion deployment up under a step of heavy requests (few of them: 6 ongoing, under
     the shipped target of 16 that the default policy would wait for) and back down after it.
-    Nothing is lost on the way: each request is answered 200 or refused with a Retry-After."""
+    Nothing is lost on the way: each request is answered 200 or refused with a Retry-After.
+    The load lasts 15 s, or longer (up to 60 s) until the second replica runs: in a slow CI run
+    (22 s per request) the second replica was not yet running when a 15 s step ended."""
     out = subprocess.run(
-        [sys.executable, "loadtests/scale_out.py", "--policy", "queued", "--load-seconds", "15",
+        [sys.executable, "loadtests/scale_out.py", "--policy", "queued", "--load-seconds", "15", "--until-upscale", "45",
          "--out", str(tmp_path / "scale-out.md"), "--json", str(tmp_path / "r.json")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
