@@ -155,7 +155,11 @@ def _point_length(settings: dict[str, Any]) -> str:
     """How long an open-loop point runs, as the run's settings say."""
     least = settings.get("min_requests_per_point", 0)
     plain = f"{settings['seconds_per_point']:g} s"
-    return f"{plain} or until {least} requests were due, whichever is longer" if least else plain
+    return (
+        f"{plain} or {least} / rate s (the time {least} arrivals take on average), whichever is longer"
+        if least
+        else plain
+    )
 
 
 def _point_requests(report: dict[str, Any]) -> str:

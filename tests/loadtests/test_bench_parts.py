@@ -154,7 +154,7 @@ def test_ratios_and_report_from_a_known_report() -> None:
     )
     assert "None" not in text
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
-    assert "at each rate for 12 s or until 200 requests were due, whichever is longer," in text
+    assert "at each rate for 12 s or 200 / rate s (the time 200 arrivals take on average), whichever is longer," in text
     assert "a p99 rests on the 10 to 10 requests sent in it" in text
 
 
