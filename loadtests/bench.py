@@ -216,7 +216,7 @@ def cpu_profile(fn: Callable[[], list[Outcome]]) -> tuple[list[Outcome], dict[st
 
 # A latency point runs until at least this many arrivals are due (and never shorter than the
 # saturation point), so its p99 is not just the slowest request: 12 s at 5 diffusion requests/s
-# held 60 requests, whose p99 is whichever one a hiccup of this shared machine hit.
+# once held 44 requests, whose p99 is whichever one a hiccup of this shared machine hit.
 MIN_POINT_REQUESTS = 200
 
 
