@@ -375,7 +375,7 @@ def _buffered_metrics(workload: str) -> Callable[[dict[str, Any]], float | None]
     return lambda r: (r.get("recorder/inline-metrics") or {}).get(workload)
 
 
-def _housekeeping_cpu(workload: str) -> Callable[[dict[str, Any]], float | None]:
+def _housekeeping_cpu_ratio(workload: str) -> Callable[[dict[str, Any]], float | None]:
     return lambda r: ((r.get("housekeeping-cpu/ray-defaults") or {}).get(workload) or {}).get("ratio")
 
 
@@ -415,7 +415,7 @@ HEADLINE: list[tuple[str, Callable[[dict[str, Any]], float | None]]] = [
     ("metric records kept in Python / recorded with Ray inline, GAN 1 image", _buffered_metrics("gan-1")),
     (
         "CPU of Ray's own processes at saturation, Serve's defaults / genserve's settings, diffusion 20 steps",
-        _housekeeping_cpu("diffusion-20"),
+        _housekeeping_cpu_ratio("diffusion-20"),
     ),
 ]
 
