@@ -24,10 +24,11 @@ from loadtests.bench import (
     WORKLOADS,
     genserve_call,
     point_seconds,
+    round_order,
     triton_call,
 )
 from loadtests.bench_ratios import ratios
-from loadtests.bench_report import LATENCY_FIGURE, headline, markdown, plot_latency
+from loadtests.bench_report import LATENCY_FIGURE, headline, markdown, one_hop_targets, plot_latency, rounds
 from loadtests.flops import flops_per_row
 from loadtests.harness import free_port, wait_http
 from loadtests.loadgen import Outcome, open_loop, summarize
@@ -156,6 +157,54 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert f"![latency against offered load, per peer]({LATENCY_FIGURE})" in text
     assert "at each rate for 12 s or 200 / rate s (the time 200 arrivals take on average), whichever is longer," in text
     assert "a p99 rests on the 10 to 10 requests sent in it" in text
+
+
+def test_throughput_targets_are_judged_on_the_median_of_the_saturation_rounds() -> None:
+    """A run with saturation rounds: each round's ratio is taken within the round, the targets,
+    the README's headline and the report's verdicts use their median, and the report shows every
+    round beside it."""
+    rates = WORKLOADS["gan-1"].rates
+    report: dict[str, Any] = {
+        "settings": {"saturation_rounds": 3, "saturation_round_order": ["plain", "genserve"]},
+        "workloads": {"gan-1": {"rates": rates}},
+        "compute": {},
+        "peers": {
+            "genserve": {"results": {"gan-1": _entry(80.0, 0.1, rates)}},
+            "plain": {"results": {"gan-1": _entry(400.0, 0.1, rates)}},
+        },
+        "rounds": [
+            {"round": 2, "order": ["genserve", "plain"], "saturation": {
+                "genserve": {"gan-1": {"images_per_s": 90.0}}, "plain": {"gan-1": {"images_per_s": 100.0}}}},
+            {"round": 3, "order": ["plain", "genserve"], "saturation": {
+                "genserve": {"gan-1": {"images_per_s": 95.0}}, "plain": {"gan-1": {"images_per_s": 100.0}}}},
+        ],
+    }  # fmt: skip
+    r = ratios(report)
+    gan = r["genserve/plain/gan-1"]
+    assert gan["throughput"] == pytest.approx(0.2)  # the main run alone
+    assert gan["throughput_rounds"] == pytest.approx([0.2, 0.9, 0.95])
+    assert gan["throughput_median"] == pytest.approx(0.9)
+    report["ratios"] = r
+    assert (
+        "| images/s at saturation, genserve / plain, gan-1: >= 0.8 | 0.90 (median of 3 rounds: 0.20 to 0.95) | met |"
+        in one_hop_targets(report)
+    )
+    single = {**report, "rounds": []}
+    single["ratios"] = ratios(single)
+    assert "throughput_median" not in single["ratios"]["genserve/plain/gan-1"]
+    assert "| images/s at saturation, genserve / plain, gan-1: >= 0.8 | 0.20 | **missed** |" in one_hop_targets(single)
+    assert rounds(single) == []
+    row = "| genserve / plain FastAPI + ORT, GAN 1 image per request | 0.20 | 0.90 |"
+    assert row in headline(single, report)
+    table = rounds(report)
+    assert (
+        "| | round 1 (plain → genserve, the main run) | round 2 (genserve → plain) | round 3 (plain → genserve) | median |"
+        in table
+    )
+    assert "| genserve / plain, gan-1 | 0.20 | 0.90 | 0.95 | 0.90 |" in table
+    assert "| plain gan-1, images/s | 400.0 | 100.0 | 100.0 | 100.0 |" in table
+    assert round_order(2, ("plain", "triton", "genserve")) == ("genserve", "triton", "plain")
+    assert round_order(3, ("plain", "triton", "genserve")) == ("plain", "triton", "genserve")
 
 
 def test_a_latency_point_runs_long_enough_for_its_p99_to_rest_on_many_requests() -> None:
