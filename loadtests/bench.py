@@ -20,10 +20,10 @@ a ladder of rates for latency at equal offered load. Peers:
 - ray-defaults: genserve on a Ray started with Serve's own housekeeping settings where genserve
              changes them (`deployments.local.ray_environment`; saturation only)
 
-Then the saturation rounds: genserve, plain and Triton restarted and saturated again on the four
-workloads, in alternating order (`--rounds`, 3 with the main run); the throughput targets are judged
-on the median of the rounds' ratios, since on this shared machine one server's images/s moves by
-more than a target's margin from one draw to the next.
+Then the rounds: genserve, plain and Triton restarted and saturated again on the four workloads,
+in alternating order (`--rounds`, 3 with the main run), genserve and plain running their latency
+ladders too; the throughput and p99 targets are judged on the median of the rounds' ratios, since
+on this shared machine a figure moves by more than a target's margin from one draw to the next.
 
 Also measured in the same run: the in-process library at the HTTP requests' batch size (the
 serving overhead), this machine's matrix-multiply peak and the diffusion network's FLOPs (how
@@ -287,13 +287,27 @@ def _point_s(w: Workload, seconds: float, quick: bool) -> float:
     return seconds if quick or w.seconds is None else w.seconds
 
 
+def latency_ladder(name: str, kind: str, base: str, w: Workload, point_s: float, quick: bool) -> list[dict[str, Any]]:
+    """Open-loop Poisson arrivals at each of `w`'s rates (`point_seconds` long), every answer waited for."""
+    make, images_of = _request_shape(kind, w)
+    ladder = []
+    for rate in w.rates:
+        at_s = point_seconds(point_s, rate, quick)
+        out = asyncio.run(open_loop(base, make, rate, at_s, seed=2, images_of=images_of, timeout_s=120))
+        s = summarize(out)
+        ladder.append({"rate": rate, "seconds": at_s, "summary": s.as_dict(), "tags": tag_summaries(out)})
+        print(
+            f"  {name:9s} {w.name:13s} {rate:6.1f} req/s offered: p99 {s.p99 or 0:.3f}s ok {s.ok}/{s.sent}", flush=True
+        )
+    return ladder
+
+
 def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
     """Runs every workload of `peer` against `base`: warm-up, closed loop, open-loop ladder;
     the closed loop also records CPU time per served request for each process on the machine."""
     for wname in peer.workloads:
         w = WORKLOADS[wname]
         point_s = _point_s(w, seconds, quick)
-        make, images_of = _request_shape(peer.kind, w)
         sat, profile = cpu_profile(saturate(peer.kind, base, w, point_s, quick))
         entry: dict[str, Any] = {
             "saturation": summarize(sat).as_dict(),
@@ -301,26 +315,19 @@ def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
             "cpu_ms_per_request": profile,
         }
         print(f"  {peer.name:9s} {wname:13s} saturation {entry['saturation']['images_per_s']:8.1f} img/s", flush=True)
-        ladder = []
-        for rate in () if peer.saturation_only else w.rates:
-            at_s = point_seconds(point_s, rate, quick)
-            out = asyncio.run(open_loop(base, make, rate, at_s, seed=2, images_of=images_of, timeout_s=120))
-            s = summarize(out)
-            ladder.append({"rate": rate, "seconds": at_s, "summary": s.as_dict(), "tags": tag_summaries(out)})
-            print(
-                f"  {peer.name:9s} {wname:13s} {rate:6.1f} req/s offered: p99 {s.p99 or 0:.3f}s ok {s.ok}/{s.sent}",
-                flush=True,
-            )
+        ladder = [] if peer.saturation_only else latency_ladder(peer.name, peer.kind, base, w, point_s, quick)
         entry["ladder"] = ladder
         peer.results[wname] = entry
 
 
-# The saturation rounds: on this shared machine one server's images/s moves by more than the
-# targets' margins between runs, and by a few percent within one depending on when it ran. So
-# after the main run genserve and its peers run the saturation points again, restarted, in
-# alternating order (round 2 reverses the main run's order, round 3 repeats it, ...), and the
-# throughput targets are judged on the median of the rounds' ratios.
+# The rounds: on this shared machine one server's images/s moves by more than the targets'
+# margins between runs, and by a few percent within one depending on when it ran, and so does a
+# p99 at a given rate. So after the main run genserve and its peers run again, restarted, in
+# alternating order (round 2 reverses the main run's order, round 3 repeats it, ...): every
+# server its saturation points, and genserve and plain (the p99 target's pair) their latency
+# ladders too. The throughput and p99 targets are judged on the median of the rounds' ratios.
 ROUND_WORKLOADS = ("gan-1", "gan-8", "diffusion-20", "mixed")
+ROUND_LADDERS = ("genserve", "plain")
 
 
 def round_order(k: int, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -328,26 +335,30 @@ def round_order(k: int, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(reversed(names)) if k % 2 == 0 else names
 
 
-def saturation_rounds(
+def repeat_rounds(
     servers: dict[str, tuple[str, Callable[[], AbstractContextManager[str]]]], rounds: int, seconds: float, quick: bool
 ) -> list[dict[str, Any]]:
     """Rounds 2..`rounds`: each server in `servers` (name -> its request shape and a context
     manager that starts it and yields its base URL) started afresh, warmed up and saturated on
-    every `ROUND_WORKLOADS`."""
+    every `ROUND_WORKLOADS`; those in `ROUND_LADDERS` also run each workload's latency ladder."""
     out = []
     for k in range(2, rounds + 1):
         order = round_order(k, tuple(servers))
-        print(f"saturation round {k}: {', '.join(order)}", flush=True)
+        print(f"round {k}: {', '.join(order)}", flush=True)
         measured: dict[str, dict[str, Any]] = {}
+        ladders: dict[str, dict[str, Any]] = {}
         for name in order:
             kind, start = servers[name]
             with start() as base:
                 for wname in ROUND_WORKLOADS:
                     w = WORKLOADS[wname]
-                    sat = summarize(saturate(kind, base, w, _point_s(w, seconds, quick), quick)())
+                    point_s = _point_s(w, seconds, quick)
+                    sat = summarize(saturate(kind, base, w, point_s, quick)())
                     measured.setdefault(name, {})[wname] = sat.as_dict()
                     print(f"  {name:9s} {wname:13s} saturation {sat.images_per_s:8.1f} img/s", flush=True)
-        out.append({"round": k, "order": list(order), "saturation": measured})
+                    if name in ROUND_LADDERS:
+                        ladders.setdefault(name, {})[wname] = latency_ladder(name, kind, base, w, point_s, quick)
+        out.append({"round": k, "order": list(order), "saturation": measured, "ladder": ladders})
     return out
 
 
@@ -555,8 +566,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drive(defaults, stack.enter_context(genserve_server(models, free_port())), seconds, args.quick)
     peers.append(defaults)
     report["peers"] = {p.name: {"about": p.about, "results": p.results} for p in peers}
-    report["settings"] |= {"saturation_rounds": args.rounds, "saturation_round_order": list(round_servers)}
-    report["rounds"] = saturation_rounds(round_servers, args.rounds, seconds, args.quick)
+    report["settings"] |= {"rounds": args.rounds, "round_order": list(round_servers)}
+    report["rounds"] = repeat_rounds(round_servers, args.rounds, seconds, args.quick)
     report["ratios"] = ratios(report)
     return report
 
@@ -569,7 +580,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 s points: checks the harness, not a measurement")
     parser.add_argument("--no-triton", action="store_true")
     parser.add_argument(
-        "--rounds", type=int, default=3, help="saturation rounds of genserve, plain and Triton, the main run included"
+        "--rounds", type=int, default=3, help="rounds of genserve, plain and Triton, the main run included"
     )
     parser.add_argument("--before", type=Path, help="an earlier run's JSON, shown beside this one in the report")
     args = parser.parse_args()

@@ -73,7 +73,7 @@ def _saturation_ratios(report: dict[str, Any], peer: str, other: str) -> dict[st
 
 def round_throughputs(report: dict[str, Any], peer: str, workload: str) -> list[float]:
     """genserve / `peer` images/s at saturation in each saturation round that ran both: the main
-    run's first, then those of the extra rounds (`loadtests.bench.saturation_rounds`)."""
+    run's first, then those of the extra rounds (`loadtests.bench.repeat_rounds`)."""
     out = []
     rounds = [{p: {w: e["saturation"] for w, e in report["peers"][p]["results"].items()} for p in report["peers"]}]
     rounds += [r["saturation"] for r in report.get("rounds", [])]
@@ -81,6 +81,21 @@ def round_throughputs(report: dict[str, Any], peer: str, workload: str) -> list[
         mine, theirs = measured.get("genserve", {}).get(workload), measured.get(peer, {}).get(workload)
         if mine and theirs and theirs["images_per_s"]:
             out.append(mine["images_per_s"] / theirs["images_per_s"])
+    return out
+
+
+def round_p99s(report: dict[str, Any], peer: str, workload: str) -> dict[str, list[float]]:
+    """Per offered rate, `peer` p99 / genserve p99 (> 1: genserve's is lower) in each round whose
+    latency ladders ran both: the main run's first, then the extra rounds'."""
+    ladders = [{p: {w: e.get("ladder", []) for w, e in report["peers"][p]["results"].items()} for p in report["peers"]}]
+    ladders += [r.get("ladder", {}) for r in report.get("rounds", [])]
+    out: dict[str, list[float]] = {}
+    for measured in ladders:
+        mine = {x["rate"]: x["summary"]["p99"] for x in measured.get("genserve", {}).get(workload, [])}
+        theirs = {x["rate"]: x["summary"]["p99"] for x in measured.get(peer, {}).get(workload, [])}
+        for rate in report["workloads"][workload]["rates"]:
+            if mine.get(rate) and theirs.get(rate):
+                out.setdefault(str(rate), []).append(theirs[rate] / mine[rate])
     return out
 
 
@@ -104,6 +119,12 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             each = round_throughputs(report, peer, w)
             if len(each) > 1:  # the throughput targets are judged on the rounds' median
                 out[f"genserve/{peer}/{w}"] |= {"throughput_rounds": each, "throughput_median": statistics.median(each)}
+            p99_rounds = round_p99s(report, peer, w)
+            if any(len(v) > 1 for v in p99_rounds.values()):  # and the p99 targets on the median at each rate
+                out[f"genserve/{peer}/{w}"] |= {
+                    "p99_lower_by_rounds": p99_rounds,
+                    "p99_lower_by_median": {rate: statistics.median(v) for rate, v in p99_rounds.items()},
+                }
     step, req = _step_rate(report, "genserve"), _step_rate(report, "reqlevel")
     if step and req:
         p50_10 = {}

@@ -165,7 +165,7 @@ def test_throughput_targets_are_judged_on_the_median_of_the_saturation_rounds() 
     round beside it."""
     rates = WORKLOADS["gan-1"].rates
     report: dict[str, Any] = {
-        "settings": {"saturation_rounds": 3, "saturation_round_order": ["plain", "genserve"]},
+        "settings": {"round_order": ["plain", "genserve"]},
         "workloads": {"gan-1": {"rates": rates}},
         "compute": {},
         "peers": {
@@ -174,9 +174,13 @@ def test_throughput_targets_are_judged_on_the_median_of_the_saturation_rounds() 
         },
         "rounds": [
             {"round": 2, "order": ["genserve", "plain"], "saturation": {
-                "genserve": {"gan-1": {"images_per_s": 90.0}}, "plain": {"gan-1": {"images_per_s": 100.0}}}},
+                "genserve": {"gan-1": {"images_per_s": 90.0}}, "plain": {"gan-1": {"images_per_s": 100.0}}},
+             "ladder": {"genserve": {"gan-1": _entry(0, 0.3, rates[:1])["ladder"]},
+                        "plain": {"gan-1": _entry(0, 0.1, rates[:1])["ladder"]}}},
             {"round": 3, "order": ["plain", "genserve"], "saturation": {
-                "genserve": {"gan-1": {"images_per_s": 95.0}}, "plain": {"gan-1": {"images_per_s": 100.0}}}},
+                "genserve": {"gan-1": {"images_per_s": 95.0}}, "plain": {"gan-1": {"images_per_s": 100.0}}},
+             "ladder": {"genserve": {"gan-1": _entry(0, 0.125, rates[:1])["ladder"]},
+                        "plain": {"gan-1": _entry(0, 0.1, rates[:1])["ladder"]}}},
         ],
     }  # fmt: skip
     r = ratios(report)
@@ -184,10 +188,19 @@ def test_throughput_targets_are_judged_on_the_median_of_the_saturation_rounds() 
     assert gan["throughput"] == pytest.approx(0.2)  # the main run alone
     assert gan["throughput_rounds"] == pytest.approx([0.2, 0.9, 0.95])
     assert gan["throughput_median"] == pytest.approx(0.9)
+    # p99, plain / genserve at the first rate: 1.0 in the main run, 1/3 and 0.8 in the rounds; the
+    # other rates ran in the main run only
+    first, *others = (str(x) for x in rates)
+    assert gan["p99_lower_by_rounds"][first] == pytest.approx([1.0, 1 / 3, 0.8])
+    assert gan["p99_lower_by_median"] == pytest.approx({first: 0.8, **{x: 1.0 for x in others}})
     report["ratios"] = r
     assert (
         "| images/s at saturation, genserve / plain, gan-1: >= 0.8 | 0.90 (median of 3 rounds: 0.20 to 0.95) | met |"
         in one_hop_targets(report)
+    )
+    assert (
+        f"| p99 at equal offered load, genserve / plain, gan-1, every rate: <= 1.5x | 1.25x (at {rates[0]:g} req/s; "
+        "median of 3 rounds: 1.00x to 3.00x) | met |" in one_hop_targets(report)
     )
     single = {**report, "rounds": []}
     single["ratios"] = ratios(single)
@@ -202,6 +215,7 @@ def test_throughput_targets_are_judged_on_the_median_of_the_saturation_rounds() 
         in table
     )
     assert "| genserve / plain, gan-1 | 0.20 | 0.90 | 0.95 | 0.90 |" in table
+    assert f"| p99 genserve / plain, gan-1 at {rates[0]:g} req/s | 1.00x | 3.00x | 1.25x | 1.25x |" in table
     assert "| plain gan-1, images/s | 400.0 | 100.0 | 100.0 | 100.0 |" in table
     assert round_order(2, ("plain", "triton", "genserve")) == ("genserve", "triton", "plain")
     assert round_order(3, ("plain", "triton", "genserve")) == ("plain", "triton", "genserve")
