@@ -69,7 +69,7 @@ $(PYTRITON_VENV)/.installed:
 	$(PYTRITON_VENV)/bin/pip install -q nvidia-pytriton onnxruntime numpy pillow pydantic pydantic-settings
 	touch $@
 
-# The side-by-side benchmark (about 35 minutes here): docs/benchmarks.{json,md}.
+# The side-by-side benchmark, three rounds (about 90 minutes here): docs/benchmarks.{json,md}.
 bench: $(VENV)/.installed $(PYTRITON_VENV)/.installed
 	$(VENV)/bin/python -m loadtests.bench --json docs/benchmarks.json --out docs/benchmarks.md --before docs/benchmarks-before.json
 

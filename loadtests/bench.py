@@ -461,7 +461,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         drive(plain_empty, url, seconds, args.quick)
     peers.append(plain_empty)
 
-    # name -> (request shape, server) for the saturation rounds, in the main run's order
+    # name -> (request shape, server) for the rounds, in the main run's order
     round_servers: dict[str, tuple[str, Callable[[], AbstractContextManager[str]]]] = {
         "plain": ("genserve", plain_server)
     }
