@@ -71,13 +71,17 @@ def _saturation_ratios(report: dict[str, Any], peer: str, other: str) -> dict[st
     return out
 
 
-def round_throughputs(report: dict[str, Any], peer: str, workload: str) -> list[float]:
-    """genserve / `peer` images/s at saturation in each saturation round that ran both: the main
+def _rounds(report: dict[str, Any], part: str) -> list[dict[str, dict[str, Any]]]:
+    """Each round's `part` ("saturation" or "ladder") as {peer: {workload: measured}}: the main
     run's first, then those of the extra rounds (`loadtests.bench.repeat_rounds`)."""
+    main = {p: {w: e.get(part) for w, e in report["peers"][p]["results"].items()} for p in report["peers"]}
+    return [main, *(r.get(part, {}) for r in report.get("rounds", []))]
+
+
+def round_throughputs(report: dict[str, Any], peer: str, workload: str) -> list[float]:
+    """genserve / `peer` images/s at saturation in each round that ran both."""
     out = []
-    rounds = [{p: {w: e["saturation"] for w, e in report["peers"][p]["results"].items()} for p in report["peers"]}]
-    rounds += [r["saturation"] for r in report.get("rounds", [])]
-    for measured in rounds:
+    for measured in _rounds(report, "saturation"):
         mine, theirs = measured.get("genserve", {}).get(workload), measured.get(peer, {}).get(workload)
         if mine and theirs and theirs["images_per_s"]:
             out.append(mine["images_per_s"] / theirs["images_per_s"])
@@ -86,13 +90,11 @@ def round_throughputs(report: dict[str, Any], peer: str, workload: str) -> list[
 
 def round_p99s(report: dict[str, Any], peer: str, workload: str) -> dict[str, list[float]]:
     """Per offered rate, `peer` p99 / genserve p99 (> 1: genserve's is lower) in each round whose
-    latency ladders ran both: the main run's first, then the extra rounds'."""
-    ladders = [{p: {w: e.get("ladder", []) for w, e in report["peers"][p]["results"].items()} for p in report["peers"]}]
-    ladders += [r.get("ladder", {}) for r in report.get("rounds", [])]
+    latency ladders ran both."""
     out: dict[str, list[float]] = {}
-    for measured in ladders:
-        mine = {x["rate"]: x["summary"]["p99"] for x in measured.get("genserve", {}).get(workload, [])}
-        theirs = {x["rate"]: x["summary"]["p99"] for x in measured.get(peer, {}).get(workload, [])}
+    for measured in _rounds(report, "ladder"):
+        mine = {x["rate"]: x["summary"]["p99"] for x in measured.get("genserve", {}).get(workload) or []}
+        theirs = {x["rate"]: x["summary"]["p99"] for x in measured.get(peer, {}).get(workload) or []}
         for rate in report["workloads"][workload]["rates"]:
             if mine.get(rate) and theirs.get(rate):
                 out.setdefault(str(rate), []).append(theirs[rate] / mine[rate])
