@@ -417,7 +417,7 @@ def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from deployments.app import build_apps, model_deployment_name
     from loadtests.flops import flops_per_row, matmul_peak
-    from loadtests.variants import empty_app, inline_metrics_app, request_level_app
+    from loadtests.variants import empty_app, inline_metrics_app, request_level_app, spinning_app
     from service.settings import Settings
 
     seconds = 3.0 if args.quick else args.seconds
@@ -522,6 +522,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 build_apps({**base_args, "deployment_options": window}),
             ),
             (Peer("reqlevel", "genserve, request-level diffusion batching", ("mixed",)), request_level_app(base_args)),
+            (
+                Peer(
+                    "spinning",
+                    "genserve, the session of a lone diffusion lane spinning between calls (ONNX Runtime's default)",
+                    ("diffusion-20",),
+                ),
+                spinning_app(base_args),
+            ),
             (
                 Peer(
                     "inline-metrics",

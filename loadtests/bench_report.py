@@ -22,6 +22,7 @@ PEER_ORDER = (
     "nobatch",
     "window",
     "reqlevel",
+    "spinning",
     "inline-metrics",
     "empty",
     "plain-empty",

@@ -10,6 +10,9 @@
 - `EmptyReplica`: the same route shape (HAProxy, then the replica's own HTTP edge: validation,
   auth, limits, metrics) with no model work: it answers every request with blank PNGs. Its
   requests/s is the serving stack's ceiling.
+- `SpinningDiffusion`: diffusion whose lone-lane session keeps its pool threads spinning between
+  calls (ONNX Runtime's default), as replicas did before `service.runtime.OnnxModel` made them
+  sleep: its latency ladder beside genserve's shows what the spinning costs at low load.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from typing import Any, cast
 
 import numpy as np
+import onnxruntime as ort
 from ray import serve
 
 from deployments.app import ServedApp, build_apps
@@ -90,6 +94,18 @@ class EmptyReplica(LatentModelReplica):
         return Images([self.PNG] * job.n, None, 0.0, 0.0)
 
 
+class SpinningDiffusion(DiffusionReplica):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        onnx = self.model.onnx
+        if onnx.ways > 1:  # the session a batch smaller than the slice count runs on, spinning
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = onnx.ways
+            opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            onnx._whole = ort.InferenceSession(str(onnx.path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 def request_level_app(args: dict[str, Any]) -> list[ServedApp]:
     return build_apps(args, {"diffusion": RequestLevelDiffusion})
 
@@ -102,3 +118,7 @@ def inline_metrics_app(args: dict[str, Any]) -> list[ServedApp]:
 def empty_app(args: dict[str, Any]) -> list[ServedApp]:
     empty = cast(type[ReplicaClass], EmptyReplica)
     return build_apps(args, {"gan": empty, "vae": empty, "diffusion": empty})
+
+
+def spinning_app(args: dict[str, Any]) -> list[ServedApp]:
+    return build_apps(args, {"diffusion": SpinningDiffusion})

@@ -56,14 +56,12 @@ def load_model(folder: Path, *, device: Device = "auto", intra_op_threads: int =
     card = load_card(folder)
     if card.family == "text2image":
         return _load_pipeline_model(folder, card, device, intra_op_threads)
-    # A diffusion lane calls the network step after step; a GAN or VAE request calls it once.
-    step_loop = card.family == "diffusion"
-    onnx = OnnxModel(folder / card.onnx.file, device=device, intra_op_threads=intra_op_threads, spin=step_loop)
+    onnx = OnnxModel(folder / card.onnx.file, device=device, intra_op_threads=intra_op_threads)
     onnx.check_io(card.onnx.inputs, card.onnx.output)
     _check_shapes(card, onnx)
     encoder = None
     if card.encoder is not None:
-        encoder = OnnxModel(folder / card.encoder.file, device=device, intra_op_threads=intra_op_threads, spin=False)
+        encoder = OnnxModel(folder / card.encoder.file, device=device, intra_op_threads=intra_op_threads)
         encoder.check_io(card.encoder.inputs, card.encoder.output)
         if card.density is not None:
             for graph, name in ((onnx, card.density.decoder_logits), (encoder, card.density.encoder_logvar)):

@@ -93,7 +93,6 @@ class OnnxModel:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         slices: bool = True,
-        spin: bool = True,
     ) -> None:
         if not path.is_file():
             raise ModelLoadError(f"{path}: ONNX file not found")
@@ -109,16 +108,16 @@ class OnnxModel:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({e})") from None
         self._slices = ThreadPoolExecutor(self.ways - 1, thread_name_prefix="onnx-slice") if self.ways > 1 else None
         # A batch smaller than `ways` runs whole, on all the threads (a lone image at low load).
-        # `spin`: whether that session's pool threads spin between calls (ONNX Runtime's default)
-        # or sleep. Spinning catches a call that follows at once (a diffusion lane's next step);
-        # for calls that come one per request (GAN, VAE) it only takes a core from the replica's
-        # event loop, which parses the next request and encodes PNGs (GAN 1-image requests at
-        # 100/s, sent straight to the replica, had a longer p99 with spinning threads).
+        # That session's pool threads sleep between calls rather than spin (ONNX Runtime's
+        # default): in a replica a spinning pool thread takes a core from the event loop (which
+        # parses the next request and encodes PNGs) and, when a second diffusion lane joins and
+        # the batch moves to the slices, from the slices themselves. GAN 1-image requests at
+        # 100/s had a longer p99 with spinning threads, and so did diffusion-20 at 5-10 requests/s
+        # (`make bench`, the latency ladders), though a lane's steps follow each other.
         self._whole = self.session
         if self.ways > 1:
             opts.intra_op_num_threads = intra_op_threads
-            if not spin:
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self._whole = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         self.path = path
         # Why this session does not run on the provider it was asked for, or None (fixed once made).

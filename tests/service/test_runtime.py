@@ -33,19 +33,18 @@ def test_parallel_slices_give_the_same_rows_as_one_call(batch: int) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-def test_the_session_for_lone_batches_spins_only_for_step_loops() -> None:
-    """A batch smaller than the slice count runs on a multi-threaded session. For a GAN (one call
-    per request) its threads sleep between calls, leaving the cores to the replica's event loop;
-    for diffusion (a lane's steps follow each other) they spin, ONNX Runtime's default. The slice
-    sessions are single-threaded (no pool)."""
-    gan = load_model(SHIPPED / "gan", device="cpu", intra_op_threads=2).onnx
-    whole = gan._whole.get_session_options()
-    assert whole.intra_op_num_threads == 2
-    assert whole.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert gan.session.get_session_options().intra_op_num_threads == 1
-    diffusion = load_model(SHIPPED / "diffusion", device="cpu", intra_op_threads=2).onnx
-    with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: ONNX Runtime's default, spinning
-        diffusion._whole.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+def test_the_session_for_lone_batches_sleeps_between_calls() -> None:
+    """A batch smaller than the slice count runs on a multi-threaded session whose threads sleep
+    between calls, GAN and diffusion alike, leaving the cores to the replica's event loop and to
+    the slices when a second lane joins. The slice sessions are single-threaded (no pool)."""
+    for name in ("gan", "diffusion"):
+        onnx = load_model(SHIPPED / name, device="cpu", intra_op_threads=2).onnx
+        whole = onnx._whole.get_session_options()
+        assert whole.intra_op_num_threads == 2
+        assert whole.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert onnx.session.get_session_options().intra_op_num_threads == 1
+        with pytest.raises(RuntimeError, match="allow_spinning"):  # the slices' session has no pool to spin
+            onnx.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
 
 def test_a_session_that_falls_back_from_the_provider_it_was_asked_for_says_why() -> None:
