@@ -98,12 +98,11 @@ class SpinningDiffusion(DiffusionReplica):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         onnx = self.model.onnx
-        if onnx.ways > 1:  # the session a batch smaller than the slice count runs on, spinning
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = onnx.ways
-            opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            onnx._whole = ort.InferenceSession(str(onnx.path), sess_options=opts, providers=["CPUExecutionProvider"])
+        if onnx.ways > 1:  # the lone-batch session again, its own options but spinning
+            whole = onnx._whole
+            opts = whole.get_session_options()
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            onnx._whole = ort.InferenceSession(str(onnx.path), sess_options=opts, providers=whole.get_providers())
 
 
 def request_level_app(args: dict[str, Any]) -> list[ServedApp]:

@@ -108,12 +108,13 @@ class OnnxModel:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it ({e})") from None
         self._slices = ThreadPoolExecutor(self.ways - 1, thread_name_prefix="onnx-slice") if self.ways > 1 else None
         # A batch smaller than `ways` runs whole, on all the threads (a lone image at low load).
-        # That session's pool threads sleep between calls rather than spin (ONNX Runtime's
-        # default): in a replica a spinning pool thread takes a core from the event loop (which
+        # That session's pool threads sleep between calls rather than spin, ONNX Runtime's
+        # default: in a replica a spinning pool thread takes a core from the event loop (which
         # parses the next request and encodes PNGs) and, when a second diffusion lane joins and
         # the batch moves to the slices, from the slices themselves. GAN 1-image requests at
         # 100/s had a longer p99 with spinning threads, and so did diffusion-20 at 5-10 requests/s
-        # (`make bench`, the latency ladders), though a lane's steps follow each other.
+        # (`make bench`: genserve's latency ladders beside peer `spinning`'s), though a lane's
+        # steps follow each other.
         self._whole = self.session
         if self.ways > 1:
             opts.intra_op_num_threads = intra_op_threads
