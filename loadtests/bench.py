@@ -66,7 +66,11 @@ ORT_THREADS = 2  # this machine's cores; every peer gets the same
 BATCH_WINDOW_S = 0.005  # the "window" variant: what GAN batches waited before service/batcher.py
 # Serve's defaults for the housekeeping settings genserve changes (deployments/local.py): the
 # `ray-defaults` peer runs on a Ray started with these.
-SERVE_HOUSEKEEPING_DEFAULTS = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1"}
+SERVE_HOUSEKEEPING_DEFAULTS = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1",
+    "RAY_SERVE_HAPROXY_METRICS_ENABLED": "1",
+    "RAY_SERVE_HAPROXY_NBTHREAD": "4",
+}
 # The models the workloads use: Triton serves these two; the plain server loads every folder, but
 # in its one process an idle model costs nothing, where in genserve each is a replica of its own.
 PEER_MODELS = ("gan", "diffusion")
@@ -564,7 +568,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     defaults = Peer(
         "ray-defaults",
         "genserve on Serve's default housekeeping (controller loop every 0.1 s, HAProxy logging each request "
-        "to Ray's HAProxyManager for Serve's HTTP metrics)",
+        "to Ray's HAProxyManager for Serve's HTTP metrics, HAProxy on 4 threads)",
         ("gan-1", "diffusion-20"),
         saturation_only=True,
     )

@@ -57,6 +57,14 @@ def _housekeeping_cpu(report: dict[str, Any], peer: str, workload: str) -> float
     return float(ms * entry["saturation"]["requests_per_s"])
 
 
+def _haproxy_cpu(report: dict[str, Any], peer: str, workload: str) -> float | None:
+    """HAProxy's CPU ms per served request during the saturation run."""
+    entry = peer_result(report, peer, workload)
+    if entry is None or "haproxy" not in entry.get("cpu_ms_per_request", {}):
+        return None
+    return float(entry["cpu_ms_per_request"]["haproxy"])
+
+
 def _div(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -159,6 +167,12 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             if ours and serves:
                 cpu[w] = {"genserve": ours, "ray-defaults": serves, "ratio": serves / ours}
         out["housekeeping-cpu/ray-defaults"] = cpu  # ratio > 1: genserve's housekeeping is lighter
+        proxy = {}
+        for w in housekeeping:
+            ours, serves = _haproxy_cpu(report, "genserve", w), _haproxy_cpu(report, "ray-defaults", w)
+            if ours and serves:
+                proxy[w] = {"genserve": ours, "ray-defaults": serves}
+        out["haproxy-cpu/ray-defaults"] = proxy  # HAProxy's ms per request: its threads, Serve's 4 or the cores
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
     out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
     gan, empty, plain_empty = (

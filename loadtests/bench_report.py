@@ -435,18 +435,28 @@ def findings(report: dict[str, Any]) -> list[str]:
         ]
     housekeeping = r.get("housekeeping/ray-defaults") or {}
     cpu = r.get("housekeeping-cpu/ray-defaults") or {}
+    proxy = r.get("haproxy-cpu/ray-defaults") or {}
     if housekeeping:
         lines += [
             "**Serve's housekeeping.** Ray's own processes take CPU from the replicas whatever the load (the "
             "controller's loop, health checks, metric export). genserve runs Serve's controller loop every "
-            "0.5 s rather than 0.1 s and turns off HAProxy's per-request log to Ray's HAProxyManager, which "
+            "0.5 s rather than 0.1 s, turns off HAProxy's per-request log to Ray's HAProxyManager, which "
             "parses each line in Python to make Serve's `ray_serve_num_http_*` metrics (genserve's replicas "
-            "count every request themselves; `deployments/local.py`). The same app on Serve's defaults ran "
+            "count every request themselves), and runs HAProxy on no more threads than the machine has cores "
+            "(Serve starts 4; `deployments/local.py`). The same app on Serve's defaults ran "
             "last, on a fresh Ray (peer `ray-defaults`). CPU of every process but the model replicas, HAProxy "
             "and the load generator during the saturation run, genserve's settings against Serve's defaults: "
             + ", ".join(
                 f"{_f(c['genserve'], 0)} against {_f(c['ray-defaults'], 0)} ms per second for {w}"
                 for w, c in cpu.items()
+            )
+            + (
+                ". HAProxy's CPU per request, genserve's threads against Serve's 4: "
+                + ", ".join(
+                    f"{_f(c['genserve'], 3)} against {_f(c['ray-defaults'], 3)} ms for {w}" for w, c in proxy.items()
+                )
+                if proxy
+                else ""
             )
             + ". Images/s at saturation, genserve / ray-defaults: "
             + ", ".join(f"{_f(v, 2)}x for {k}" for k, v in housekeeping.items())

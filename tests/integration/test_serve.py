@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -288,6 +289,17 @@ def test_http_dashboard_and_metrics_ports_listen_on_loopback_only(server: Server
     # bound to [::] in Ray's own code and guarded by Ray's cluster token.
     elsewhere = [p for p in ray_ports if p[0] not in ("127.0.0.1", "::ffff:127.0.0.1")]
     assert [p for p in elsewhere if not (p[0] == "::" and p[2].startswith("ray::ServeReplica"))] == []
+
+
+def test_haproxy_runs_no_more_threads_than_the_machine_has_cores(server: Server) -> None:
+    import psutil
+
+    from deployments.local import haproxy_threads
+
+    ours = [p for p in psutil.Process().children(recursive=True) if p.name() == "haproxy"]
+    assert ours, "no HAProxy among this session's processes"
+    assert {p.num_threads() for p in ours} == {haproxy_threads()}
+    assert haproxy_threads() <= (os.cpu_count() or 1)
 
 
 # Hostile and clumsy clients, over the real path (HAProxy, then the model replica).

@@ -245,13 +245,21 @@ def test_the_ray_defaults_peer_undoes_exactly_what_genserve_changes_in_serves_ho
 
     ours = ray_environment()
     assert set(SERVE_HOUSEKEEPING_DEFAULTS) <= set(ours)
-    assert all(ours[k] != v for k, v in SERVE_HOUSEKEEPING_DEFAULTS.items())
+    always_changed = ("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "RAY_SERVE_HAPROXY_METRICS_ENABLED")
+    assert all(ours[k] != SERVE_HOUSEKEEPING_DEFAULTS[k] for k in always_changed)
+    # HAProxy's threads: Serve's own number, or the cores where a machine has fewer
+    threads = SERVE_HOUSEKEEPING_DEFAULTS["RAY_SERVE_HAPROXY_NBTHREAD"]
+    assert int(ours["RAY_SERVE_HAPROXY_NBTHREAD"]) == min(int(threads), os.cpu_count() or 1)
     env = {k: v for k, v in os.environ.items() if k not in SERVE_HOUSEKEEPING_DEFAULTS}
-    read = "from ray.serve._private import constants as c; print(c.CONTROL_LOOP_INTERVAL_S, int(c.RAY_SERVE_HAPROXY_METRICS_ENABLED))"
+    read = (
+        "from ray.serve._private import constants as c; "
+        "print(c.CONTROL_LOOP_INTERVAL_S, int(c.RAY_SERVE_HAPROXY_METRICS_ENABLED), c.RAY_SERVE_HAPROXY_NBTHREAD)"
+    )
     out = subprocess.run([sys.executable, "-c", read], env=env, capture_output=True, text=True, check=True).stdout
-    interval, metrics = out.split()
+    interval, metrics, nbthread = out.split()
     assert float(interval) == float(SERVE_HOUSEKEEPING_DEFAULTS["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"])
     assert metrics == SERVE_HOUSEKEEPING_DEFAULTS["RAY_SERVE_HAPROXY_METRICS_ENABLED"]
+    assert nbthread == threads
 
 
 def test_the_report_and_its_latency_figure_are_written_together(tmp_path: Path) -> None:
