@@ -560,7 +560,11 @@ def plot_latency(report: dict[str, Any], out: Path) -> None:
             result = report["peers"][peer]["results"].get(workload)
             if not result or not result.get("ladder"):
                 continue
-            ladder_points = sorted(result["ladder"], key=lambda x: x["rate"])
+            # a point that answered nothing (a peer that crashed) has no latency to draw
+            answered = [x for x in result["ladder"] if x["summary"]["p50"] is not None]
+            if not answered:
+                continue
+            ladder_points = sorted(answered, key=lambda x: x["rate"])
             rates = [x["rate"] for x in ladder_points]
             colour = colours[i % len(colours)]
             (handles[peer],) = ax.plot(rates, [x["summary"]["p50"] * 1000 for x in ladder_points], "o-", color=colour)

@@ -276,6 +276,21 @@ def test_the_report_and_its_latency_figure_are_written_together(tmp_path: Path) 
     assert image.format == "PNG" and image.size[0] > image.size[1] > 200  # two panels side by side
 
 
+def test_the_latency_figure_leaves_out_points_a_crashed_peer_never_answered(tmp_path: Path) -> None:
+    answered = [{"rate": r, "summary": {"p50": 0.01 * r, "p99": 0.03 * r}} for r in (1, 2)]
+    silent = [{"rate": r, "summary": {"p50": None, "p99": None}} for r in (1, 2)]
+    report: dict[str, Any] = {
+        "workloads": {"gan-1": {}, "mixed": {}},
+        "peers": {
+            "genserve": {"results": {"gan-1": {"ladder": answered}, "mixed": {"ladder": answered}}},
+            "triton": {"results": {"gan-1": {"ladder": [*answered[:1], *silent[1:]]}, "mixed": {"ladder": silent}}},
+        },
+    }
+    out = tmp_path / "latency.png"
+    plot_latency(report, out)
+    assert out.stat().st_size > 0
+
+
 def test_triton_and_genserve_requests_ask_for_the_same_work() -> None:
     w = WORKLOADS["gan-8"]
     g, t = genserve_call(w)(random.Random(0)), triton_call(w)(random.Random(0))
