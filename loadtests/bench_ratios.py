@@ -161,17 +161,15 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     housekeeping = _saturation_ratios(report, "genserve", "ray-defaults")
     if housekeeping:
         out["housekeeping/ray-defaults"] = housekeeping  # > 1: what genserve's Serve settings buy
-        cpu = {}
+        cpu, proxy = {}, {}
         for w in housekeeping:
             ours, serves = _housekeeping_cpu(report, "genserve", w), _housekeeping_cpu(report, "ray-defaults", w)
             if ours and serves:
                 cpu[w] = {"genserve": ours, "ray-defaults": serves, "ratio": serves / ours}
-        out["housekeeping-cpu/ray-defaults"] = cpu  # ratio > 1: genserve's housekeeping is lighter
-        proxy = {}
-        for w in housekeeping:
             ours, serves = _haproxy_cpu(report, "genserve", w), _haproxy_cpu(report, "ray-defaults", w)
             if ours and serves:
                 proxy[w] = {"genserve": ours, "ray-defaults": serves}
+        out["housekeeping-cpu/ray-defaults"] = cpu  # ratio > 1: genserve's housekeeping is lighter
         out["haproxy-cpu/ray-defaults"] = proxy  # HAProxy's ms per request: its threads, Serve's 4 or the cores
     lib, http = report.get("library_images_per_s", {}), report.get("http_images_per_s", {})
     out["http/library"] = {k: _div(http.get(k), lib.get(k)) for k in lib}
