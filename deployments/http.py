@@ -2,7 +2,8 @@
 
 A request meets, in order: error counting (every 4xx and 5xx, whoever answers it), the header
 limit (431), bearer auth (401), the body limit (413, also before `100 Continue`), then the
-routes. Errors are always a JSON `ErrorResponse` whose code is also in `X-Error-Code`.
+routes: a direct route (`direct_post`, a model's generate) straight from ASGI, every other one
+through FastAPI's router. Errors are always a JSON `ErrorResponse` whose code is also in `X-Error-Code`.
 This module knows request schemas, job types and errors; never replicas, Ray or ONNX Runtime.
 """
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +38,7 @@ OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/do
 ERROR_CODE_HEADER = "x-error-code"
 
 ErrorRecorder = Callable[[str], None]
+Endpoint = Callable[[Request], Awaitable[BaseModel | Response]]
 
 
 def sse(kind: str, data: dict[str, Any]) -> bytes:
@@ -174,6 +176,40 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class DirectRoutes:
+    """Runs the routes in `routes` ((method, path) -> endpoint) straight from ASGI, past FastAPI's
+    router, dependency solving and response-model pass: for a 1-image GAN request that machinery
+    cost more CPU than the route's own parsing and answer (`make bench`, peer `fastapi-router`).
+    The endpoint takes the request and returns a pydantic model (answered as its JSON) or a
+    response; a `GenserveError` is answered as FastAPI's handler would, anything else raises
+    to the app's 500 handler, as from a FastAPI route. `direct_post` declares the route on the
+    FastAPI app too, so OpenAPI documents it as before."""
+
+    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Endpoint]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.routes.get((scope["method"], _route_path(scope))) if scope["type"] == "http" else None
+        if endpoint is None:
+            await self.app(scope, receive, send)
+            return
+        try:
+            result = await endpoint(Request(scope, receive))
+        except GenserveError as e:
+            result = from_error(e)
+        if isinstance(result, BaseModel):
+            result = Response(result.model_dump_json(by_alias=True), media_type="application/json")
+        await result(scope, receive, send)
+
+
+def direct_post(app: FastAPI, path: str, endpoint: Endpoint, response_model: type[BaseModel]) -> None:
+    """`POST path` served by `DirectRoutes` (the app must come from `make_app`), documented in
+    the app's OpenAPI like any `@app.post(path, response_model=...)` route."""
+    app.post(path, response_model=response_model)(endpoint)
+    app.state.direct_routes[("POST", path)] = endpoint
+
+
 def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
@@ -268,7 +304,12 @@ def make_app(
         docs_url="/docs" if docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
+        # genserve's metrics are its own (Prometheus, through Ray); FastAPI's OpenTelemetry
+        # instrumentation, on by default, would look up the global providers on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.direct_routes = {}
+    app.add_middleware(DirectRoutes, routes=app.state.direct_routes)
     app.add_middleware(BodyLimit, per_route=body_limits)
     app.add_middleware(BearerAuth)
     app.add_middleware(HeaderLimit)

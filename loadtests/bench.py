@@ -14,6 +14,8 @@ a ladder of rates for latency at equal offered load. Peers:
 - reqlevel:  genserve with request-level diffusion batching (`loadtests/variants.py`)
 - inline-metrics: genserve recording each metric with Ray as it happens, on the request's own
              thread (before `deployments.metrics.Recorder`; saturation only)
+- fastapi-router: genserve whose generate route goes through FastAPI's router, as before
+             `deployments.http.DirectRoutes` (saturation only)
 - empty:     genserve's route shape with no model work, and plain uvicorn likewise: the stack ceilings
 - all-models: genserve serving every model in exported/, as `make serve` does (saturation only):
              what the idle replicas of the other models cost the two under test
@@ -421,7 +423,7 @@ def http_rates(base: str, batches: dict[str, int], seconds: float) -> dict[str, 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from deployments.app import build_apps, model_deployment_name
     from loadtests.flops import flops_per_row, matmul_peak
-    from loadtests.variants import empty_app, inline_metrics_app, request_level_app, spinning_app
+    from loadtests.variants import empty_app, inline_metrics_app, request_level_app, routed_app, spinning_app
     from service.settings import Settings
 
     seconds = 3.0 if args.quick else args.seconds
@@ -542,6 +544,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     saturation_only=True,
                 ),
                 inline_metrics_app(base_args),
+            ),
+            (
+                Peer(
+                    "fastapi-router",
+                    "genserve answering generate through FastAPI's router and its OpenTelemetry check, as "
+                    "before the direct route",
+                    ("gan-1",),
+                    saturation_only=True,
+                ),
+                routed_app(base_args),
             ),
             (
                 Peer("empty", "genserve route shape, no model work", ("gan-1",), saturation_only=True),

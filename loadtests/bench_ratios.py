@@ -57,12 +57,13 @@ def _housekeeping_cpu(report: dict[str, Any], peer: str, workload: str) -> float
     return float(ms * entry["saturation"]["requests_per_s"])
 
 
-def _haproxy_cpu(report: dict[str, Any], peer: str, workload: str) -> float | None:
-    """HAProxy's CPU ms per served request during the saturation run."""
+def _process_cpu(report: dict[str, Any], peer: str, workload: str, process: str) -> float | None:
+    """CPU ms per served request of one kind of process (`loadtests.bench.process_label`: haproxy,
+    model-gan, ...) during the saturation run."""
     entry = peer_result(report, peer, workload)
-    if entry is None or "haproxy" not in entry.get("cpu_ms_per_request", {}):
+    if entry is None or process not in entry.get("cpu_ms_per_request", {}):
         return None
-    return float(entry["cpu_ms_per_request"]["haproxy"])
+    return float(entry["cpu_ms_per_request"][process])
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -158,6 +159,10 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
     buffered = _saturation_ratios(report, "genserve", "inline-metrics")
     if buffered:
         out["recorder/inline-metrics"] = buffered  # > 1: what keeping metric records in Python buys
+    direct = _saturation_ratios(report, "genserve", "fastapi-router").get("gan-1")
+    if direct:  # images/s > 1: what answering generate past FastAPI's router buys
+        replica = {p: _process_cpu(report, p, "gan-1", "model-gan") for p in ("genserve", "fastapi-router")}
+        out["direct/fastapi-router"] = {"gan-1": {"images_per_s": direct, "replica_cpu_ms": replica}}
     housekeeping = _saturation_ratios(report, "genserve", "ray-defaults")
     if housekeeping:
         out["housekeeping/ray-defaults"] = housekeeping  # > 1: what genserve's Serve settings buy
@@ -166,7 +171,10 @@ def ratios(report: dict[str, Any]) -> dict[str, Any]:
             ours, serves = _housekeeping_cpu(report, "genserve", w), _housekeeping_cpu(report, "ray-defaults", w)
             if ours and serves:
                 cpu[w] = {"genserve": ours, "ray-defaults": serves, "ratio": serves / ours}
-            ours, serves = _haproxy_cpu(report, "genserve", w), _haproxy_cpu(report, "ray-defaults", w)
+            ours, serves = (
+                _process_cpu(report, "genserve", w, "haproxy"),
+                _process_cpu(report, "ray-defaults", w, "haproxy"),
+            )
             if ours and serves:
                 proxy[w] = {"genserve": ours, "ray-defaults": serves}
         out["housekeeping-cpu/ray-defaults"] = cpu  # ratio > 1: genserve's housekeeping is lighter

@@ -10,6 +10,9 @@
 - `EmptyReplica`: the same route shape (HAProxy, then the replica's own HTTP edge: validation,
   auth, limits, metrics) with no model work: it answers every request with blank PNGs. Its
   requests/s is the serving stack's ceiling.
+- `RoutedLatent`: GAN or VAE whose generate route goes through FastAPI's router, dependency
+  solving and response-model pass, with FastAPI's OpenTelemetry check on every request, as
+  replicas answered before `deployments.http.DirectRoutes` served it straight from ASGI.
 - `SpinningDiffusion`: diffusion whose lone-lane session keeps its pool threads spinning between
   calls (ONNX Runtime's default), as replicas did before `service.runtime.OnnxModel` made them
   sleep: its latency ladder beside genserve's shows what the spinning costs at low load.
@@ -23,6 +26,7 @@ from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
+from fastapi import FastAPI
 from ray import serve
 
 from deployments.app import ServedApp, build_apps
@@ -94,6 +98,14 @@ class EmptyReplica(LatentModelReplica):
         return Images([self.PNG] * job.n, None, 0.0, 0.0)
 
 
+class RoutedLatent(LatentModelReplica):
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = super().__serve_build_asgi_app__()
+        app.state.direct_routes.clear()  # generate falls through to FastAPI's router
+        app._telemetry.update({"tracing": True, "metrics": True, "logs": True})  # FastAPI's defaults
+        return app
+
+
 class SpinningDiffusion(DiffusionReplica):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -117,6 +129,11 @@ def inline_metrics_app(args: dict[str, Any]) -> list[ServedApp]:
 def empty_app(args: dict[str, Any]) -> list[ServedApp]:
     empty = cast(type[ReplicaClass], EmptyReplica)
     return build_apps(args, {"gan": empty, "vae": empty, "diffusion": empty})
+
+
+def routed_app(args: dict[str, Any]) -> list[ServedApp]:
+    routed = cast(type[ReplicaClass], RoutedLatent)
+    return build_apps(args, {"gan": routed, "vae": routed})
 
 
 def spinning_app(args: dict[str, Any]) -> list[ServedApp]:

@@ -8,14 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
 from starlette.testclient import TestClient
 
+from deployments.http import direct_post, make_app
 from deployments.image_routes import Check
 from deployments.routes import Images, catalog_app, model_app
 from service.cards import ModelCard, load_card
-from service.errors import GenserveError
+from service.errors import GenserveError, InvalidRequest
 from service.jobs import Job
 from service.registry import LoadedModel, load_model
+from service.schemas import Timings
 
 SHIPPED = Path(__file__).resolve().parents[2] / "exported"
 
@@ -74,6 +79,45 @@ def test_a_valid_request_reaches_the_model_and_answers_pngs(monkeypatch: pytest.
     assert [im["index"] for im in resp.json()["images"]] == [0, 1, 2] and model.jobs[0].seed == 5
     assert c.get("/v1/models/gan").json()["name"] == "gan"  # the bare prefix is the model's info
     assert recorded == []
+
+
+def test_a_direct_route_answers_without_the_app_router_and_is_still_documented(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GENSERVE_API_KEYS", "")
+    recorded: list[str] = []
+    app = make_app("direct", recorded.append)
+
+    async def echo(request: Request) -> BaseModel | Response:
+        body = json.loads(await request.body())
+        if body.get("refuse"):
+            raise InvalidRequest("refused", field="refuse")
+        if body.get("plain"):
+            return PlainTextResponse("as is")
+        return Timings(queue_seconds=body["q"], compute_seconds=0.5, total_seconds=body["q"] + 0.5)
+
+    direct_post(app, "/echo", echo, Timings)
+    routed: list[str] = []
+    router = app.router
+
+    async def spy(scope: Any, receive: Any, send: Any) -> None:
+        routed.append(scope["path"])
+        await router(scope, receive, send)
+
+    app.router = spy  # type: ignore[assignment]  # the innermost app of the middleware stack
+    c = TestClient(app, raise_server_exceptions=False)
+    resp = c.post("/echo", content=b'{"q": 0.25}')
+    assert resp.status_code == 200 and resp.headers["content-type"] == "application/json"
+    assert Timings.model_validate_json(resp.content) == Timings(
+        queue_seconds=0.25, compute_seconds=0.5, total_seconds=0.75
+    )
+    assert c.post("/echo", content=b'{"plain": 1}').text == "as is"
+    refused = c.post("/echo", content=b'{"refuse": 1}')
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "refuse"
+    assert c.post("/echo", content=b"{").status_code == 500  # a fault: the app's 500 handler
+    assert routed == [] and recorded == ["invalid_request", "internal"]
+    assert c.get("/echo").status_code == 405 and routed == ["/echo"]  # other methods: FastAPI's router
+    app.router = router
+    ok = app.openapi()["paths"]["/echo"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/Timings"}
 
 
 @pytest.mark.parametrize(

@@ -113,6 +113,9 @@ def test_ratios_and_report_from_a_known_report() -> None:
             "plain-empty": {"about": "pe", "results": {"gan-1": _entry(1000.0, 0.1, ())}},
             "all-models": {"about": "a", "results": {"gan-1": _entry(60.0, 0.1, ())}},
             "inline-metrics": {"about": "i", "results": {"gan-1": _entry(64.0, 0.1, ())}},
+            "fastapi-router": {"about": "f", "results": {"gan-1": {
+                **_entry(40.0, 0.1, ()), "cpu_ms_per_request": {"model-gan": 2.5, "loadtests.bench": 0.4},
+            }}},
             "ray-defaults": {"about": "d", "results": {"gan-1": {
                 **_entry(50.0, 0.1, ()),
                 "cpu_ms_per_request": {"model-gan": 2.0, "haproxy": 0.2, "loadtests.bench": 0.4, "ServeController": 0.5, "other": 0.5},
@@ -132,6 +135,9 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert r["all-models/genserve"] == {"gan-1": pytest.approx(0.75)}
     assert r["recorder/inline-metrics"] == {"gan-1": pytest.approx(1.25)}
     assert r["housekeeping/ray-defaults"] == {"gan-1": pytest.approx(1.6)}
+    direct = r["direct/fastapi-router"]["gan-1"]
+    assert direct["images_per_s"] == pytest.approx(2.0)
+    assert direct["replica_cpu_ms"] == {"genserve": pytest.approx(2.0), "fastapi-router": pytest.approx(2.5)}
     # Ray's own processes only (not the replica, HAProxy or the load generator), per second
     cpu = r["housekeeping-cpu/ray-defaults"]["gan-1"]
     assert cpu["ray-defaults"] == pytest.approx((0.5 + 0.5) * 50) and cpu["genserve"] == pytest.approx(1.0 * 80)
@@ -149,6 +155,10 @@ def test_ratios_and_report_from_a_known_report() -> None:
     assert "| images/s at saturation, genserve / triton, mixed: >= 1 | – | not measured |" in text
     assert "0.75 of the two-model figure for gan-1" in text
     assert "(peer `inline-metrics`), images/s at saturation: 1.25x for gan-1." in text
+    assert (
+        "(peer `fastapi-router`), GAN 1 image: images/s at saturation 2.00x, the GAN replica's CPU per request "
+        "2.00 against 2.50 ms." in text
+    )
     assert (
         "80 against 50 ms per second for gan-1. Images/s at saturation, genserve / ray-defaults: 1.60x for gan-1"
         in text
