@@ -206,6 +206,7 @@ class Peer:
     kind: str = "genserve"  # request shape: genserve or triton
     saturation_only: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    restarted: list[str] = field(default_factory=list)  # workloads its server was restarted before
 
 
 def tag_summaries(outcomes: list[Outcome]) -> dict[str, dict[str, Any]]:
@@ -312,18 +313,51 @@ def drive(peer: Peer, base: str, seconds: float, quick: bool) -> None:
     """Runs every workload of `peer` against `base`: warm-up, closed loop, open-loop ladder;
     the closed loop also records CPU time per served request for each process on the machine."""
     for wname in peer.workloads:
-        w = WORKLOADS[wname]
-        point_s = _point_s(w, seconds, quick)
-        sat, profile = cpu_profile(saturate(peer.kind, base, w, point_s, quick))
-        entry: dict[str, Any] = {
-            "saturation": summarize(sat).as_dict(),
-            "saturation_tags": tag_summaries(sat),
-            "cpu_ms_per_request": profile,
-        }
-        print(f"  {peer.name:9s} {wname:13s} saturation {entry['saturation']['images_per_s']:8.1f} img/s", flush=True)
-        ladder = [] if peer.saturation_only else latency_ladder(peer.name, peer.kind, base, w, point_s, quick)
-        entry["ladder"] = ladder
-        peer.results[wname] = entry
+        drive_workload(peer, base, wname, seconds, quick)
+
+
+def drive_workload(peer: Peer, base: str, wname: str, seconds: float, quick: bool) -> bool:
+    """One workload of `drive`, its results in `peer.results`; False when the server answered
+    none of the saturation run's requests (its ladder is then not run)."""
+    w = WORKLOADS[wname]
+    point_s = _point_s(w, seconds, quick)
+    sat, profile = cpu_profile(saturate(peer.kind, base, w, point_s, quick))
+    entry: dict[str, Any] = {
+        "saturation": summarize(sat).as_dict(),
+        "saturation_tags": tag_summaries(sat),
+        "cpu_ms_per_request": profile,
+    }
+    print(f"  {peer.name:9s} {wname:13s} saturation {entry['saturation']['images_per_s']:8.1f} img/s", flush=True)
+    answered: bool = entry["saturation"]["ok"] > 0
+    entry["ladder"] = (
+        [] if peer.saturation_only or not answered else latency_ladder(peer.name, peer.kind, base, w, point_s, quick)
+    )
+    peer.results[wname] = entry
+    return answered
+
+
+# A server that stops answering mid-run (PyTriton's Python backend has aborted under load here,
+# a lock_exception in libtriton_python.so) is restarted, at most this many times per server and
+# round, and the workload it failed is run again on the fresh one; the restart is recorded.
+RESTARTS = 1
+
+
+def on_live_server(
+    start: Callable[[], AbstractContextManager[str]], workloads: tuple[str, ...], run: Callable[[str, str], bool]
+) -> list[str]:
+    """`run(base, workload)` for each workload in turn on a server from `start()` (its base URL);
+    when `run` says the server answered nothing, the server is restarted (up to `RESTARTS`
+    times) and that workload run again. Returns the workloads a restart came before."""
+    todo, restarts = list(workloads), list[str]()
+    while todo:
+        with start() as base:
+            while todo:
+                if not run(base, todo[0]) and len(restarts) < RESTARTS:
+                    print(f"  no answer on {todo[0]}: restarting the server", flush=True)
+                    restarts.append(todo[0])
+                    break
+                todo.pop(0)
+    return restarts
 
 
 # The rounds: on this shared machine one server's images/s moves by more than the targets'
@@ -353,18 +387,31 @@ def repeat_rounds(
         print(f"round {k}: {', '.join(order)}", flush=True)
         measured: dict[str, dict[str, Any]] = {}
         ladders: dict[str, dict[str, Any]] = {}
+        restarted: dict[str, list[str]] = {}
         for name in order:
             kind, start = servers[name]
-            with start() as base:
-                for wname in ROUND_WORKLOADS:
-                    w = WORKLOADS[wname]
-                    point_s = _point_s(w, seconds, quick)
-                    sat = summarize(saturate(kind, base, w, point_s, quick)())
-                    measured.setdefault(name, {})[wname] = sat.as_dict()
-                    print(f"  {name:9s} {wname:13s} saturation {sat.images_per_s:8.1f} img/s", flush=True)
-                    if name in ROUND_LADDERS:
-                        ladders.setdefault(name, {})[wname] = latency_ladder(name, kind, base, w, point_s, quick)
-        out.append({"round": k, "order": list(order), "saturation": measured, "ladder": ladders})
+
+            def run(
+                base: str,
+                wname: str,
+                name: str = name,
+                kind: str = kind,
+                measured: dict[str, dict[str, Any]] = measured,
+                ladders: dict[str, dict[str, Any]] = ladders,
+            ) -> bool:
+                w = WORKLOADS[wname]
+                point_s = _point_s(w, seconds, quick)
+                sat = summarize(saturate(kind, base, w, point_s, quick)())
+                measured.setdefault(name, {})[wname] = sat.as_dict()
+                print(f"  {name:9s} {wname:13s} saturation {sat.images_per_s:8.1f} img/s", flush=True)
+                if name in ROUND_LADDERS and sat.ok > 0:
+                    ladders.setdefault(name, {})[wname] = latency_ladder(name, kind, base, w, point_s, quick)
+                return sat.ok > 0
+
+            if again := on_live_server(start, ROUND_WORKLOADS, run):
+                restarted[name] = again
+        entry = {"round": k, "order": list(order), "saturation": measured, "ladder": ladders}
+        out.append(entry | ({"restarted": restarted} if restarted else {}))
     return out
 
 
@@ -479,8 +526,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ("gan-1", "gan-8", "diffusion-20", "mixed"),
             kind="triton",
         )
-        with triton_server() as url:
-            drive(triton, url, seconds, args.quick)
+        restarted = on_live_server(
+            triton_server, triton.workloads, lambda url, w: drive_workload(triton, url, w, seconds, args.quick)
+        )
+        triton.restarted = restarted
         peers.append(triton)
         round_servers["triton"] = ("triton", triton_server)
     else:
@@ -589,7 +638,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         models = stack.enter_context(model_folder(PEER_MODELS))
         drive(defaults, stack.enter_context(genserve_server(models, free_port())), seconds, args.quick)
     peers.append(defaults)
-    report["peers"] = {p.name: {"about": p.about, "results": p.results} for p in peers}
+    report["peers"] = {
+        p.name: {"about": p.about, "results": p.results} | ({"restarted": p.restarted} if p.restarted else {})
+        for p in peers
+    }
     report["settings"] |= {"rounds": args.rounds, "round_order": list(round_servers)}
     report["rounds"] = repeat_rounds(round_servers, args.rounds, seconds, args.quick)
     report["ratios"] = ratios(report)

@@ -621,6 +621,23 @@ def main() -> None:
     write(data, json.loads(args.before.read_text()) if args.before else None, args.out)
 
 
+def restarts(report: dict[str, Any]) -> list[str]:
+    """A paragraph naming each server the bench restarted because it answered nothing
+    (`loadtests.bench.on_live_server`), or nothing when none was."""
+    where = [("the main run", p, ws) for p, e in report["peers"].items() if (ws := e.get("restarted"))]
+    for r in report.get("rounds", []):
+        where += [(f"round {r['round']}", p, ws) for p, ws in (r.get("restarted") or {}).items()]
+    if not where:
+        return []
+    said = "; ".join(f"{p} in {run}, before {', '.join(ws)}" for run, p, ws in where)
+    return [
+        f"Servers that stopped answering and were restarted ({said}): the workload each had answered "
+        "none of ran again on the fresh server, and the figures above are from that run; a ladder point "
+        "it stopped during stays as measured (its failed requests counted).",
+        "",
+    ]
+
+
 def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> str:
     r, m, st = report["ratios"], report["machine"], report["settings"]
     comp = report["compute"]
@@ -675,6 +692,7 @@ def markdown(report: dict[str, Any], before: dict[str, Any] | None = None) -> st
         "",
         *saturation(report),
         "",
+        *restarts(report),
         "## Latency at equal offered load (p50 / p95 / p99, ms)",
         "",
         f"Each point runs {_point_length(st)} (the mixed workload's at least "

@@ -80,7 +80,8 @@ def process(cmd: list[str], ready_url: str, env: dict[str, str] | None = None) -
     """`cmd` running (its output in loadtests/results/) until the block ends; waits for `ready_url`."""
     results = ROOT / "loadtests" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    log = open(results / f"{Path(cmd[-1]).name}-{int(time.time())}.log", "w")  # noqa: SIM115
+    name = cmd[cmd.index("-m") + 1] if "-m" in cmd else Path(cmd[0]).name  # the module, or the program
+    log = open(results / f"{name}-{int(time.time())}.log", "w")  # noqa: SIM115
     # Its own process group, ended whole: a server's children (Triton's server and backend stubs)
     # outlive a terminated parent and would keep its ports and some CPU through the next peers.
     proc = subprocess.Popen(

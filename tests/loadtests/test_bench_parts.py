@@ -10,6 +10,8 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,25 @@ from onnx import TensorProto, helper
 
 from loadtests.bench import (
     MIN_POINT_REQUESTS,
+    RESTARTS,
     SERVE_HOUSEKEEPING_DEFAULTS,
     WORKLOADS,
     genserve_call,
+    on_live_server,
     point_seconds,
     round_order,
     triton_call,
 )
 from loadtests.bench_ratios import ratios
-from loadtests.bench_report import LATENCY_FIGURE, headline, markdown, one_hop_targets, plot_latency, rounds
+from loadtests.bench_report import (
+    LATENCY_FIGURE,
+    headline,
+    markdown,
+    one_hop_targets,
+    plot_latency,
+    restarts,
+    rounds,
+)
 from loadtests.flops import flops_per_row
 from loadtests.harness import free_port, wait_http
 from loadtests.loadgen import Outcome, open_loop, summarize
@@ -328,3 +340,37 @@ def test_plain_peer_serves_the_same_route_shape_under_open_loop_load() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_server_that_stops_answering_is_restarted_once_and_its_workload_run_again() -> None:
+    """The Triton peer's server has aborted mid-run here; the bench restarts a server that
+    answered nothing (at most `RESTARTS` times) and runs that workload again on the fresh one."""
+    assert RESTARTS == 1
+    started: list[str] = []
+    runs: list[tuple[str, str]] = []
+
+    @contextmanager
+    def start() -> Iterator[str]:
+        started.append(f"server-{len(started)}")
+        yield started[-1]
+
+    dead = {"server-0": {"b", "c"}, "server-1": {"d"}}  # server-0 dies after "a"; server-1 after "c"
+
+    def run(base: str, w: str) -> bool:
+        runs.append((base, w))
+        return w not in dead.get(base, set())
+
+    assert on_live_server(start, ("a", "b", "c", "d"), run) == ["b"]
+    # "d" fails on the restarted server too: with the one restart spent, it is kept as measured
+    assert runs == [("server-0", "a"), ("server-0", "b"), ("server-1", "b"), ("server-1", "c"), ("server-1", "d")]
+    assert started == ["server-0", "server-1"]
+
+
+def test_the_report_names_every_restart_and_says_nothing_without_one() -> None:
+    report: dict[str, Any] = {
+        "peers": {"triton": {"about": "t", "results": {}, "restarted": ["diffusion-20"]}, "plain": {"results": {}}},
+        "rounds": [{"round": 2, "restarted": {}}, {"round": 3, "restarted": {"triton": ["gan-8"]}}],
+    }
+    text = " ".join(restarts(report))
+    assert "(triton in the main run, before diffusion-20; triton in round 3, before gan-8)" in text
+    assert restarts({"peers": {"plain": {"results": {}}}, "rounds": [{"round": 2}]}) == []
