@@ -152,6 +152,11 @@ def distill(cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_si
         return _logs(cfg, trainer, loss=loss)
 
     refill()
-    trainer.extra_meta["teacher"] = {"path": str(teacher_path), "step": teacher_step, "guidance": guidance}
+    trainer.extra_meta["teacher"] = {
+        "path": str(teacher_path),
+        "step": teacher_step,
+        "guidance": guidance,
+        "pool_size": pool_size,
+    }
     trainer.run(step, pool, pool_labels)
     return trainer

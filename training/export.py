@@ -380,6 +380,12 @@ def _run_command(run: dict[str, Any]) -> str:
         options.append(f"--minutes {cfg['minutes']}")
     if cfg.get("resume_from", "None") != "None":
         options.append(f"--resume-from {cfg['resume_from']}")
+    if teacher := run.get("teacher"):  # a distillation: what it learnt from, and how many trajectories at a time
+        options.insert(0, f"--teacher {teacher['path']}")
+        if float(teacher["guidance"]) != 1.0:
+            options.append(f"--guidance {teacher['guidance']:g}")
+        if "pool_size" in teacher:
+            options.append(f"--pool-size {teacher['pool_size']}")
     return f"genserve {verb} {' '.join(options)} (reached step {run['step']})"
 
 

@@ -174,6 +174,10 @@ def test_distilled_export_is_a_step_conditioned_served_model(trained_checkpoints
     assert model.card.sampling is not None and model.card.sampling.steps == [1, 2, 4]
     assert model.card.onnx.inputs["num_steps"] in model.onnx.inputs
     assert "Teacher: " in model.card.provenance.notes
+    # The command says what the student learnt from, as typed: the teacher and the pool's size.
+    teacher = trained_checkpoints / "diffusion.safetensors"
+    assert model.card.provenance.command.startswith(f"genserve distill --teacher {teacher} --steps 1 --batch-size 4")
+    assert "--pool-size 4 (reached step 1) && genserve export distilled" in model.card.provenance.command
 
 
 def test_the_evaluation_reads_the_classifiers_spatial_map_from_its_graph(tmp_path: Path) -> None:
