@@ -374,3 +374,28 @@ def test_the_report_names_every_restart_and_says_nothing_without_one() -> None:
     text = " ".join(restarts(report))
     assert "(triton in the main run, before diffusion-20; triton in round 3, before gan-8)" in text
     assert restarts({"peers": {"plain": {"results": {}}}, "rounds": [{"round": 2}]}) == []
+
+
+def test_the_cost_table_mirrors_each_round_so_a_steady_drift_leaves_its_ratios_true() -> None:
+    """bench-core's cost ratios: on a machine that slows down through the run, a single pass would
+    credit whatever ran first; mirrored passes give each setting of a round the same mean speed."""
+    from loadtests.bench_core import COST_BASE, cost_rounds, cost_table
+
+    settings = (("diffusion", "dpmpp_2m", 10), ("distilled", "ddim", 4), ("gan", None, 1))
+    models: dict[str, Any] = {"diffusion": "d", "distilled": "s"}  # no gan folder: its setting is left out
+    calls = {"d": 10.0, "s": 4.0}  # network calls per image: the true ratio is 2.5
+    order, speed = [], [1.0]
+
+    def measure(model: Any, sampler: str | None, steps: int) -> float:
+        order.append(model)
+        speed[0] *= 0.8  # the machine slows by a fifth with every measurement
+        return 1000 * speed[0] / calls[model]
+
+    table = {(r["model"], r["setting"]): r for r in cost_table(cost_rounds(models, settings, measure, rounds=3))}
+    assert order == ["d", "s", "s", "d"] * 3
+    assert set(table) == {COST_BASE, ("distilled", "ddim-4")}
+    assert table[("distilled", "ddim-4")]["vs_base"] == 2.5  # a single forward pass would say 2.5 x 0.8 = 2.0
+    assert table[COST_BASE]["vs_base"] == 1.0
+    # Images/s: the median round (the second), at that round's mean speed 0.8 ** 6.5.
+    assert table[COST_BASE]["images_per_s"] == round(100 * 0.8**6.5, 2)
+    assert table[COST_BASE]["rounds"] == [round(100 * 0.8 ** (2.5 + 4 * k), 2) for k in range(3)]
