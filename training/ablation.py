@@ -26,7 +26,7 @@ WHAT = {
     "abl-eps-linear": "epsilon, linear schedule (the first shipped recipe), small UNet",
     "abl-v-cosine": "v-prediction, cosine schedule, small UNet",
     "abl-v-cosine-minsnr": "v-prediction, cosine, Min-SNR-5, small UNet",
-    "diffusion": "v-prediction, cosine, Min-SNR-5, base UNet (attention at 7x7): the distilled model's teacher",
+    "diffusion": "v-prediction, cosine, Min-SNR-5, base UNet (attention at 7x7): the first distilled model's teacher",
 }
 
 
