@@ -79,7 +79,7 @@ class _Request:
     remaining: int
     submitted: float
     promise: float | None = None  # the monotonic instant admission expects it to finish by
-    first_step: float | None = None
+    first_step: float | None = None  # the monotonic instant its first network call began
     iterations: int = 0
     # Streaming: after every step of a lane, `watch(image index, steps done, x0)`.
     watch: Preview | None = None
@@ -387,8 +387,10 @@ class StepScheduler:
             x_next = np.where(batch.keep > 0, batch.known, x_next)
         return x_next, x0, time.perf_counter() - t0
 
-    def _advance(self, batch: _Batch, x_next: np.ndarray, x0: np.ndarray) -> None:
-        """Writes results back into live lanes and resolves requests whose last lane finished."""
+    def _advance(self, batch: _Batch, x_next: np.ndarray, x0: np.ndarray, sent: float) -> None:
+        """Writes results back into live lanes and resolves requests whose last lane finished;
+        `sent` is the monotonic instant the batch went to the network (a request's queue time ends
+        at its first)."""
         now = time.monotonic()
         finished: set[int] = set()
         for k, lane in enumerate(batch.lanes):
@@ -396,7 +398,7 @@ class StepScheduler:
             if req.future.done():  # cancelled or expired while the network ran
                 continue
             if req.first_step is None:
-                req.first_step = now
+                req.first_step = sent
             lane.x, lane.x0_prev, lane.step, lane.skipped = x_next[k], x0[k], lane.step + 1, 0
             if req.watch is not None:
                 req.watch(lane.index, lane.step, x0[k])
@@ -424,13 +426,14 @@ class StepScheduler:
             if cycle_start is None:
                 cycle_start = time.perf_counter()
             batch = self._stack(self._select())
+            sent = time.monotonic()
             try:
                 x_next, x0, seconds = await loop.run_in_executor(self._executor, self._compute, batch)
             except Exception as e:  # a failing network call fails its requests, not the loop
                 for req in {lane.request for lane in batch.lanes}:
                     self._drop(req, GenserveError(f"network call failed: {e}"))
                 continue
-            self._advance(batch, x_next, x0)
+            self._advance(batch, x_next, x0, sent)
             # Wall time from one iteration to the next: the network call plus everything else
             # the replica does meanwhile, which the admission estimate must cover.
             now = time.perf_counter()

@@ -414,3 +414,26 @@ def test_admission_keeps_the_promise_made_to_requests_already_queued(model: Load
         await s.close()
 
     run(scenario())
+
+
+def test_queue_time_ends_when_the_first_network_call_begins(model: LoadedModel) -> None:
+    """`queue_seconds` is the wait before the first network call (the schema's words), not up to its
+    end: a one-step request on an idle scheduler waits almost nothing and spends its time computing."""
+    original = model.onnx.run
+
+    def slow(output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        time.sleep(0.2)
+        return original(output, feeds)
+
+    async def scenario() -> tuple[float, float]:
+        s = StepScheduler(model, max_batch=4)
+        model.onnx.run = slow  # type: ignore[method-assign]
+        try:
+            res = await s.submit(DiffusionJob(seed=0, n=1, steps=1, sampler="ddim"))
+        finally:
+            model.onnx.run = original  # type: ignore[method-assign]
+            await s.close()
+        return res.stats.queue_seconds, res.stats.total_seconds
+
+    queue, total = run(scenario())
+    assert queue < 0.1 <= 0.2 <= total
