@@ -79,7 +79,7 @@ class _Request:
     remaining: int
     submitted: float
     promise: float | None = None  # the monotonic instant admission expects it to finish by
-    first_step: float | None = None  # the monotonic instant its first network call began
+    first_call: float | None = None  # the monotonic instant its first network call began
     iterations: int = 0
     # Streaming: after every step of a lane, `watch(image index, steps done, x0)`.
     watch: Preview | None = None
@@ -397,8 +397,8 @@ class StepScheduler:
             req = lane.request
             if req.future.done():  # cancelled or expired while the network ran
                 continue
-            if req.first_step is None:
-                req.first_step = sent
+            if req.first_call is None:
+                req.first_call = sent
             lane.x, lane.x0_prev, lane.step, lane.skipped = x_next[k], x0[k], lane.step + 1, 0
             if req.watch is not None:
                 req.watch(lane.index, lane.step, x0[k])
@@ -407,7 +407,7 @@ class StepScheduler:
                 req.remaining -= 1
                 finished.add(id(lane))
                 if req.remaining == 0:
-                    stats = RequestStats(req.first_step - req.submitted, now - req.submitted, req.iterations + 1)
+                    stats = RequestStats(req.first_call - req.submitted, now - req.submitted, req.iterations + 1)
                     req.future.set_result(DiffusionResult(req.images, stats))
         for req in {lane.request for lane in batch.lanes}:
             req.iterations += 1
