@@ -97,11 +97,17 @@ def cost_rounds(
     return out
 
 
-def cost_table(per_round: list[dict[tuple[str, str], float]]) -> list[dict[str, Any]]:
-    """Per setting: the median images/s over the rounds, its ms per image, and the median of the
-    rounds' ratios to `COST_BASE` (each taken within one round; None without that setting)."""
+def cost_table(
+    per_round: list[dict[tuple[str, str], float]], settings: tuple[tuple[str, str | None, int], ...]
+) -> list[dict[str, Any]]:
+    """Per measured setting of `settings`: its network calls per image, the median images/s over the
+    rounds, its ms per image, and the median of the rounds' ratios to `COST_BASE` (each taken
+    within one round; None without that setting)."""
     rows = []
-    for name, key in per_round[0]:
+    for name, sampler, calls in settings:
+        key = setting_key(sampler, calls)
+        if (name, key) not in per_round[0]:
+            continue
         rates = [r[(name, key)] for r in per_round]
         ratios = [r[(name, key)] / r[COST_BASE] for r in per_round if COST_BASE in r]
         median = float(np.median(rates))
@@ -109,6 +115,7 @@ def cost_table(per_round: list[dict[tuple[str, str], float]]) -> list[dict[str, 
             {
                 "model": name,
                 "setting": key,
+                "calls": calls,
                 "images_per_s": round(median, 2),
                 "ms_per_image": round(1000 / median, 4),
                 "vs_base": round(float(np.median(ratios)), 3) if ratios else None,
@@ -307,17 +314,16 @@ def main() -> None:
         "| model | setting | network calls per image | images/s | ms per image | vs diffusion dpmpp_2m-10 | images/s per round |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    calls = {(n, setting_key(sampler, steps)): steps for n, sampler, steps in COST_SETTINGS}
     models = {
         name: load_model(Path(args.model_dir) / name, device="cpu", intra_op_threads=args.threads)
         for name in dict.fromkeys(n for n, _, _ in COST_SETTINGS)
         if (Path(args.model_dir) / name).exists()
     }
     table = cost_table(
-        cost_rounds(models, COST_SETTINGS, lambda m, sampler, steps: setting_rate(m, sampler, steps, 64, args.seconds))
+        cost_rounds(models, COST_SETTINGS, lambda m, sampler, steps: setting_rate(m, sampler, steps, 64, args.seconds)),
+        COST_SETTINGS,
     )
     for row in table:
-        row["calls"] = calls[(row["model"], row["setting"])]
         ratio = f"{row['vs_base']:.2f}x" if row["vs_base"] is not None else "-"
         lines.append(
             f"| {row['model']} | {row['setting']} | {row['calls']} | {row['images_per_s']:.1f} | "

@@ -391,9 +391,11 @@ def test_the_cost_table_mirrors_each_round_so_a_steady_drift_leaves_its_ratios_t
         speed[0] *= 0.8  # the machine slows by a fifth with every measurement
         return 1000 * speed[0] / calls[model]
 
-    table = {(r["model"], r["setting"]): r for r in cost_table(cost_rounds(models, settings, measure, rounds=3))}
+    per_round = cost_rounds(models, settings, measure, rounds=3)
+    table = {(r["model"], r["setting"]): r for r in cost_table(per_round, settings)}
     assert order == ["d", "s", "s", "d"] * 3
     assert set(table) == {COST_BASE, ("distilled", "ddim-4")}
+    assert (table[COST_BASE]["calls"], table[("distilled", "ddim-4")]["calls"]) == (10, 4)
     assert table[("distilled", "ddim-4")]["vs_base"] == 2.5  # a single forward pass would say 2.5 x 0.8 = 2.0
     assert table[COST_BASE]["vs_base"] == 1.0
     # Images/s: the median round (the second), at that round's mean speed 0.8 ** 6.5.
