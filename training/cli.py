@@ -9,6 +9,7 @@ from typing import Any
 
 FAMILIES = ("diffusion", "gan", "vae", "classifier", "text2image", "emoji-classifier", "emoji-category")
 ON_THEIR_OWN = ("text2image", "emoji-classifier", "emoji-category")  # the emoji models: by name only
+DISTILL_ARCHS = ("small", "base", "narrow")  # a student's UNet shapes (training.nets.UNET_ARCHS)
 
 
 def _config(args: argparse.Namespace, family: str) -> Any:
@@ -17,7 +18,7 @@ def _config(args: argparse.Namespace, family: str) -> Any:
     from training.train import DiffusionRecipe, default_config
 
     arch = getattr(args, "arch", None)
-    allowed = ("small", "res") if family == "vae" else ("small", "base")
+    allowed = {"vae": ("small", "res"), "distilled": DISTILL_ARCHS}.get(family, ("small", "base"))
     if arch is not None and arch not in allowed:
         sys.exit(f"--arch {arch}: {family} takes {' or '.join(allowed)}")
     if args.threads:
@@ -96,7 +97,7 @@ def _distill(args: argparse.Namespace) -> None:
     from training.distill import distill
 
     cfg = _config(args, "distilled")
-    _finish(distill(cfg, Path(args.teacher), guidance=args.guidance, pool_size=args.pool_size), args)
+    _finish(distill(cfg, Path(args.teacher), guidance=args.guidance, pool_size=args.pool_size, arch=args.arch), args)
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -217,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="diffusion checkpoint (.safetensors) whose EMA weights teach")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance of the teacher's samples")
     p.add_argument("--pool-size", type=int, default=65536, help="teacher trajectories kept at a time")
+    p.add_argument(
+        "--arch",
+        choices=DISTILL_ARCHS,
+        help="the student's UNet shape (training.nets.UNET_ARCHS; default: the teacher's); a narrower one"
+        " starts from a slice of the teacher's weights",
+    )
     _run_options(p)
     p.set_defaults(func=_distill, family="distilled")
     p = sub.add_parser("export", help="export checkpoints to ONNX model folders with cards (checks parity)")

@@ -20,6 +20,7 @@ distillation's truncated SNR, max(SNR, 1), in x0 space.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from training.train import (
     Trainer,
     _drop_labels,
     _logs,
+    _resumed_meta,
     denoiser_update,
     load_unet,
     make_unet,
@@ -102,13 +104,63 @@ def _grid_coefficients(recipe: DiffusionRecipe, device: str) -> tuple[torch.Tens
     return as_t(ts.astype(np.float64)), as_t(alpha), as_t(sigma)
 
 
-def distill(cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_size: int = 65536) -> Trainer:
-    """Trains the student until `cfg.steps` (or `cfg.minutes`); checkpoints as `cfg.name`."""
+def _kept(name: str, dim: int, teacher: nets.UNet, student: nets.UNet) -> torch.Tensor:
+    """Which of the teacher's channels along `dim` of parameter `name` the student keeps: the first
+    ones of each part where the layer reads a concatenation (an up block's input: the path from
+    below, then the skip, as wide as the block's output; attention's q, k and v), else the first."""
+    parts: tuple[list[int], list[int]] | None = None
+    module = name.rsplit(".", 1)[0]
+    if name.startswith("up.") and (".norm1." in name or (dim == 1 and module.endswith((".conv1", ".skip")))):
+        j = int(name.split(".")[1])
+        t_block, s_block = teacher.up[j], student.up[j]
+        assert isinstance(t_block, nets.ResBlock) and isinstance(s_block, nets.ResBlock)
+        t_in, t_out = t_block.conv1.in_channels, t_block.conv1.out_channels
+        s_in, s_out = s_block.conv1.in_channels, s_block.conv1.out_channels
+        parts = ([t_in - t_out, t_out], [s_in - s_out, s_out])
+    elif ".qkv." in name and dim == 0:
+        t_len = teacher.state_dict()[name].shape[0] // 3
+        s_len = student.state_dict()[name].shape[0] // 3
+        parts = ([t_len] * 3, [s_len] * 3)
+    if parts is None:
+        return torch.arange(student.state_dict()[name].shape[dim])
+    offsets = np.cumsum([0, *parts[0][:-1]])
+    return torch.cat([torch.arange(int(o), int(o) + n) for o, n in zip(offsets, parts[1], strict=True)])
+
+
+@torch.no_grad()
+def narrowed(teacher: nets.UNet, student: nets.UNet) -> None:
+    """Starts a narrower student from its teacher's weights (width pruning before distillation):
+    each layer keeps the teacher's first channels (`_kept`), whole GroupNorm groups where the
+    student keeps the teacher's group size, and the embeddings whole where their widths match.
+    A start, not a copy: the distillation that follows is what makes the student good."""
+    t_state = teacher.state_dict()
+    for name, value in student.state_dict().items():
+        if name not in t_state:  # the step embedding: zero, as for a full-width student
+            continue
+        w = t_state[name]
+        for dim, (t_n, s_n) in enumerate(zip(w.shape, value.shape, strict=True)):
+            if t_n != s_n:
+                w = w.index_select(dim, _kept(name, dim, teacher, student).to(w.device))
+        value.copy_(w)
+
+
+def distill(
+    cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_size: int = 65536, arch: str | None = None
+) -> Trainer:
+    """Trains the student until `cfg.steps` (or `cfg.minutes`); checkpoints as `cfg.name`. The
+    student has the teacher's UNet shape, or `arch` (a key of `nets.UNET_ARCHS`; a resumed run keeps
+    the shape it started with)."""
     torch.manual_seed(cfg.seed)
-    teacher, recipe, teacher_step = load_teacher(teacher_path, cfg.device)
-    cfg.recipe = recipe
+    teacher, teacher_recipe, teacher_step = load_teacher(teacher_path, cfg.device)
+    resumed = _resumed_meta(cfg)
+    if resumed is not None:
+        arch = resumed["recipe"]["arch"]
+    recipe = cfg.recipe = replace(teacher_recipe, arch=arch or teacher_recipe.arch)
     student = make_unet(recipe, max_steps=max(STUDENT_STEPS))
-    student.load_state_dict(teacher.state_dict(), strict=False)  # all but the zero-initialised step embedding
+    if recipe.arch == teacher_recipe.arch:
+        student.load_state_dict(teacher.state_dict(), strict=False)  # all but the zero-initialised step embedding
+    else:
+        narrowed(teacher, student)
     ema = copy.deepcopy(student).requires_grad_(False)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     trainer = Trainer(cfg, {"model": student, "ema": ema}, {"opt": opt}, weights="ema")
@@ -155,6 +207,7 @@ def distill(cfg: TrainConfig, teacher_path: Path, guidance: float = 1.0, pool_si
     trainer.extra_meta["teacher"] = {
         "path": str(teacher_path),
         "step": teacher_step,
+        "arch": teacher_recipe.arch,
         "guidance": guidance,
         "pool_size": pool_size,
     }

@@ -336,6 +336,11 @@ def export_distilled(out: Path, checkpoint_dir: Path = CHECKPOINT_DIR) -> float:
     card["provenance"]["notes"] += (
         f" Teacher: {teacher['path']} at step {teacher['step']}, sampled at guidance {teacher['guidance']:g}."
     )
+    if recipe.arch != teacher.get("arch", recipe.arch):
+        card["provenance"]["notes"] += (
+            f" The student's UNet is `{recipe.arch}` (training/nets.py:UNET_ARCHS), narrower than its teacher's"
+            f" `{teacher['arch']}`; it started from a slice of the teacher's weights (training/distill.py:narrowed)."
+        )
     _write_card(folder, card)
     return err
 
@@ -382,6 +387,9 @@ def _run_command(run: dict[str, Any]) -> str:
         options.append(f"--resume-from {cfg['resume_from']}")
     if teacher := run.get("teacher"):  # a distillation: what it learnt from, and how many trajectories at a time
         options.insert(0, f"--teacher {teacher['path']}")
+        student_arch = run.get("recipe", {}).get("arch", "small")
+        if student_arch != teacher.get("arch", student_arch):  # a student narrower than its teacher
+            options.insert(1, f"--arch {student_arch}")
         if float(teacher["guidance"]) != 1.0:
             options.append(f"--guidance {teacher['guidance']:g}")
         if "pool_size" in teacher:

@@ -180,9 +180,10 @@ class Trainer:
 
 
 def _run_record(meta: dict[str, Any]) -> dict[str, Any]:
-    """One run in a checkpoint's history: the steps it reached, its configuration and (a distilled
-    student's run) the teacher it learnt from."""
-    return {"step": meta["step"], "config": meta["config"]} | {k: meta[k] for k in ("note", "teacher") if k in meta}
+    """One run in a checkpoint's history: the steps it reached, its configuration, its recipe (a
+    diffusion run's) and (a distilled student's run) the teacher it learnt from."""
+    keys = ("note", "teacher", "recipe")
+    return {"step": meta["step"], "config": meta["config"]} | {k: meta[k] for k in keys if k in meta}
 
 
 def lineage(meta: dict[str, Any], path: Path) -> list[dict[str, Any]]:

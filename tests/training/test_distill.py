@@ -87,3 +87,35 @@ def test_distillation_trains_resumes_and_starts_as_its_teacher(tmp_path: Path) -
     net.load_state_dict(
         checkpoint.module_state(checkpoint.load_tensors(tmp_path / "r" / "distilled.safetensors"), "ema")
     )
+
+
+def test_a_narrow_student_starts_from_a_slice_of_its_teacher(tmp_path: Path) -> None:
+    """Width pruning: each layer keeps the teacher's first channels, of each half where an up
+    block reads the path from below and the skip side by side; embeddings whole."""
+    teacher_path = _teacher(tmp_path)
+    teacher, _, _ = distill.load_teacher(teacher_path, "cpu")
+    trainer = distill.distill(
+        default_config("distilled", steps=0, checkpoint_dir=tmp_path / "n"), teacher_path, pool_size=8, arch="narrow"
+    )
+    student, t = trainer.modules["model"].state_dict(), teacher.state_dict()
+    assert student["conv_in.weight"].shape[0] == 24
+    assert torch.equal(student["conv_in.weight"], t["conv_in.weight"][:24])
+    assert torch.equal(student["down.1.conv2.weight"], t["down.1.conv2.weight"][:48, :48])
+    # up.0 reads mid (64 wide in the teacher, 48 in the student) then the 7x7 skip (64 / 48)
+    assert torch.equal(student["up.0.conv1.weight"][:, :48], t["up.0.conv1.weight"][:48, :48])
+    assert torch.equal(student["up.0.conv1.weight"][:, 48:], t["up.0.conv1.weight"][:48, 64:112])
+    # up.2 reads 64 (48) channels from below, then the 28x28 skip, 32 (24) wide
+    assert torch.equal(
+        student["up.2.norm1.weight"], torch.cat([t["up.2.norm1.weight"][:48], t["up.2.norm1.weight"][64:88]])
+    )
+    assert torch.equal(student["up.2.skip.weight"][:, 48:], t["up.2.skip.weight"][:24, 64:88])
+    assert torch.equal(student["upsample.1.weight"], t["upsample.1.weight"][:48, :48])
+    assert torch.equal(student["conv_out.weight"], t["conv_out.weight"][:, :24])
+    for name in ("time_mlp.0.weight", "time_mlp.2.weight", "label_emb.weight"):
+        assert torch.equal(student[name], t[name])
+    assert not student["steps_emb.weight"].any()
+
+    cfg = default_config("distilled", steps=2, batch_size=8, checkpoint_dir=tmp_path / "n")
+    assert distill.distill(cfg, teacher_path, pool_size=8).step == 2  # resumed: no --arch needed
+    meta = checkpoint.read_meta(tmp_path / "n" / "distilled.safetensors")
+    assert meta["recipe"]["arch"] == "narrow" and meta["teacher"]["arch"] == "small"

@@ -180,6 +180,18 @@ def test_distilled_export_is_a_step_conditioned_served_model(trained_checkpoints
     assert "--pool-size 4 (reached step 1) && genserve export distilled" in model.card.provenance.command
 
 
+def test_a_narrow_students_card_types_its_shape(trained_checkpoints: Path, tmp_path: Path) -> None:
+    from training.distill import distill
+
+    cfg = default_config("distilled", steps=1, batch_size=4, checkpoint_dir=tmp_path / "ck")
+    distill(cfg, trained_checkpoints / "diffusion.safetensors", pool_size=4, arch="narrow")
+    assert export.export_distilled(tmp_path, tmp_path / "ck") < export.PARITY_ATOL
+    model = load_model(tmp_path / "distilled", device="cpu")
+    teacher = trained_checkpoints / "diffusion.safetensors"
+    assert model.card.provenance.command.startswith(f"genserve distill --teacher {teacher} --arch narrow --steps 1")
+    assert "The student's UNet is `narrow`" in model.card.provenance.notes
+
+
 def test_the_evaluation_reads_the_classifiers_spatial_map_from_its_graph(tmp_path: Path) -> None:
     """sFID's features: the first 7 channels of the map the classifier flattens, taken from the
     exported file by adding that tensor to the graph's outputs, equal to torch's own."""
