@@ -203,7 +203,8 @@ def distill(
         denoiser_update(opt, student, ema, loss, trainer.lr(), trainer.step, recipe.ema_decay)
         return _logs(cfg, trainer, loss=loss)
 
-    refill()
+    if resumed is None or int(resumed["step"]) < cfg.steps:  # a run with steps left to train
+        refill()
     trainer.extra_meta["teacher"] = {
         "path": str(teacher_path),
         "step": teacher_step,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from service.samplers import make_plan
@@ -89,7 +90,7 @@ def test_distillation_trains_resumes_and_starts_as_its_teacher(tmp_path: Path) -
     )
 
 
-def test_a_narrow_student_starts_from_a_slice_of_its_teacher(tmp_path: Path) -> None:
+def test_a_narrow_student_starts_from_a_slice_of_its_teacher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Width pruning: each layer keeps the teacher's first channels, of each half where an up
     block reads the path from below and the skip side by side; embeddings whole."""
     teacher_path = _teacher(tmp_path)
@@ -119,3 +120,10 @@ def test_a_narrow_student_starts_from_a_slice_of_its_teacher(tmp_path: Path) -> 
     assert distill.distill(cfg, teacher_path, pool_size=8).step == 2  # resumed: no --arch needed
     meta = checkpoint.read_meta(tmp_path / "n" / "distilled.safetensors")
     assert meta["recipe"]["arch"] == "narrow" and meta["teacher"]["arch"] == "small"
+
+    # A run with no steps left (to write the weights out) draws no teacher trajectories.
+    def no_teacher(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the teacher ran")
+
+    monkeypatch.setattr(distill, "teacher_states", no_teacher)
+    assert distill.distill(cfg, teacher_path, pool_size=8).step == 2
