@@ -260,8 +260,8 @@ class UNet(nn.Module):
 UNET_ARCHS: dict[str, dict[str, object]] = {
     "small": {"ch": 32, "mults": (1, 2, 2), "attention": False},
     "base": {"ch": 32, "mults": (1, 2, 4), "attention": True},
-    # 3/4 of small's width, its group size and time embedding: a distilled student's shape that
-    # starts from a slice of a small teacher (0.72x its ONNX Runtime cost per call at batch 64)
+    # 3/4 of small's width with its group size and time embedding: a distilled student's shape
+    # that starts from a slice of a small teacher (what it costs: docs/bench-core.md's cost table)
     "narrow": {"ch": 24, "mults": (1, 2, 2), "attention": False, "groups": 6, "emb_ch": 32},
 }
 
