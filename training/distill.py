@@ -104,13 +104,15 @@ def _grid_coefficients(recipe: DiffusionRecipe, device: str) -> tuple[torch.Tens
     return as_t(ts.astype(np.float64)), as_t(alpha), as_t(sigma)
 
 
-def _kept(name: str, dim: int, teacher: nets.UNet, student: nets.UNet) -> torch.Tensor:
-    """Which of the teacher's channels along `dim` of parameter `name` the student keeps: the first
-    ones of each part where the layer reads a concatenation (an up block's input: the path from
-    below, then the skip, as wide as the block's output; attention's q, k and v), else the first."""
-    parts: tuple[list[int], list[int]] | None = None
-    module = name.rsplit(".", 1)[0]
-    if name.startswith("up.") and (".norm1." in name or (dim == 1 and module.endswith((".conv1", ".skip")))):
+def _kept(name: str, dim: int, t_n: int, s_n: int, teacher: nets.UNet, student: nets.UNet) -> torch.Tensor:
+    """Which of the teacher's `t_n` channels along `dim` of parameter `name` the student's `s_n`
+    are: the first ones of each part where the layer reads a concatenation (an up block's input:
+    the path from below, then the skip, as wide as the block's output; attention's q, k and v),
+    else the first."""
+    parts = ([t_n], [s_n])
+    if name.startswith("up.") and (
+        ".norm1." in name or (dim == 1 and name.rsplit(".", 1)[0].endswith((".conv1", ".skip")))
+    ):
         j = int(name.split(".")[1])
         t_block, s_block = teacher.up[j], student.up[j]
         assert isinstance(t_block, nets.ResBlock) and isinstance(s_block, nets.ResBlock)
@@ -118,11 +120,7 @@ def _kept(name: str, dim: int, teacher: nets.UNet, student: nets.UNet) -> torch.
         s_in, s_out = s_block.conv1.in_channels, s_block.conv1.out_channels
         parts = ([t_in - t_out, t_out], [s_in - s_out, s_out])
     elif ".qkv." in name and dim == 0:
-        t_len = teacher.state_dict()[name].shape[0] // 3
-        s_len = student.state_dict()[name].shape[0] // 3
-        parts = ([t_len] * 3, [s_len] * 3)
-    if parts is None:
-        return torch.arange(student.state_dict()[name].shape[dim])
+        parts = ([t_n // 3] * 3, [s_n // 3] * 3)
     offsets = np.cumsum([0, *parts[0][:-1]])
     return torch.cat([torch.arange(int(o), int(o) + n) for o, n in zip(offsets, parts[1], strict=True)])
 
@@ -140,7 +138,7 @@ def narrowed(teacher: nets.UNet, student: nets.UNet) -> None:
         w = t_state[name]
         for dim, (t_n, s_n) in enumerate(zip(w.shape, value.shape, strict=True)):
             if t_n != s_n:
-                w = w.index_select(dim, _kept(name, dim, teacher, student).to(w.device))
+                w = w.index_select(dim, _kept(name, dim, t_n, s_n, teacher, student).to(w.device))
         value.copy_(w)
 
 
